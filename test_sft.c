@@ -1,0 +1,252 @@
+/*
+test_sft.c: checks train_gpt2_sft.c against the PyTorch reference.
+
+The reference (dev/train_gpt2_sft.py debug-state) computes, in float64, the
+logits, loss and every parameter gradient of a batch of variable-length
+sequences, and the losses of 10 AdamW steps. This test runs the same batch
+through the C code (float32) and compares.
+
+  ./test_sft MODEL.bin DEBUG_STATE.bin [more DEBUG_STATE.bin ...]
+
+Each comparison reports the largest absolute difference and that difference
+relative to the largest reference magnitude of the tensor, and passes when
+  max |c - ref| <= tolerance * max |ref|
+Tolerances are set in `Tolerances` below and stated in README.
+*/
+#define TESTING
+#include "train_gpt2_sft.c"
+
+typedef struct {
+    double logits; // relative to max |logit|
+    double loss;   // relative to the loss
+    double grads;  // relative to max |grad| of each tensor
+    double steps;  // relative, for each step's loss, lr and gradient norm
+} Tolerances;
+
+static const Tolerances tolerances = {1e-5, 1e-5, 1e-4, 1e-4};
+
+static int checks_passed = 0, checks_failed = 0;
+
+static void report(int ok, const char *what) {
+    if (ok) { checks_passed++; } else { checks_failed++; }
+    printf("%s %s\n", ok ? "OK  " : "FAIL", what);
+}
+
+// Compares n floats; returns 1 when max|c - r| <= tol * max|r|.
+static int compare(const char *label, const float *c, const float *r, size_t n, double tol) {
+    double max_diff = 0.0, max_ref = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double diff = fabs((double)c[i] - (double)r[i]);
+        if (!(diff <= max_diff)) { max_diff = diff; worst = i; } // also catches NaN
+        if (fabs((double)r[i]) > max_ref) { max_ref = fabs((double)r[i]); }
+    }
+    const double scale = max_ref > 0.0 ? max_ref : 1.0;
+    const int ok = max_diff <= tol * scale;
+    char line[512];
+    snprintf(line, sizeof(line), "%-10s max abs diff %.3e  rel %.3e  (tol %.0e, max |ref| %.3e, worst at %zu: %.7g vs %.7g)",
+             label, max_diff, max_diff / scale, tol, max_ref, worst, n ? c[worst] : 0.0f, n ? r[worst] : 0.0f);
+    report(ok, line);
+    return ok;
+}
+
+// The debug state written by dev/train_gpt2_sft.py (format in README).
+typedef struct {
+    int B, T, K, num_steps;
+    OptimizerConfig opt;
+    int *tokens, *lengths, *labels;
+    float *targets, *score, *logits, loss, *grads, *step_losses, *step_lrs, *step_grad_norms;
+} DebugState;
+
+static const unsigned char *take(const MappedFile *f, size_t *offset, size_t bytes, const char *path) {
+    if (*offset + bytes > f->size) { fail("%s: truncated debug state", path); }
+    const unsigned char *p = f->data + *offset;
+    *offset += bytes;
+    return p;
+}
+
+static void *copy_out(const MappedFile *f, size_t *offset, size_t bytes, const char *path) {
+    void *dst = malloc_or_die(bytes, path);
+    memcpy(dst, take(f, offset, bytes, path), bytes);
+    return dst;
+}
+
+static void load_debug_state(DebugState *s, const char *path, size_t num_parameters, int C) {
+    MappedFile f;
+    if (map_file(&f, path) != 0) { fail("cannot open debug state %s: %s (run make test to generate it)", path, strerror(errno)); }
+    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != 20261129 || read_i32(f.data + 4) != 1) {
+        fail("%s: not a version 1 debug state", path);
+    }
+    s->B = read_i32(f.data + 8);
+    s->T = read_i32(f.data + 12);
+    s->K = read_i32(f.data + 16);
+    s->num_steps = read_i32(f.data + 20);
+    s->opt.warmup_steps = read_i32(f.data + 24);
+    s->opt.total_steps = read_i32(f.data + 28);
+    float hyper[6];
+    memcpy(hyper, f.data + 16 * 4, sizeof(hyper));
+    s->opt.learning_rate = hyper[0];
+    s->opt.weight_decay = hyper[1];
+    s->opt.beta1 = hyper[2];
+    s->opt.beta2 = hyper[3];
+    s->opt.eps = hyper[4];
+    s->opt.max_grad_norm = hyper[5];
+    const size_t BT = (size_t)s->B * s->T;
+    size_t offset = HEADER_INTS * 4;
+    s->tokens = (int *)copy_out(&f, &offset, BT * 4, path);
+    s->lengths = (int *)copy_out(&f, &offset, (size_t)s->B * 4, path);
+    s->labels = NULL; s->targets = NULL;
+    if (s->K >= 2) { s->labels = (int *)copy_out(&f, &offset, (size_t)s->B * 4, path); }
+    else { s->targets = (float *)copy_out(&f, &offset, (size_t)s->B * 4, path); }
+    s->score = (float *)copy_out(&f, &offset, (size_t)s->K * C * 4, path);
+    s->logits = (float *)copy_out(&f, &offset, (size_t)s->B * s->K * 4, path);
+    memcpy(&s->loss, take(&f, &offset, 4, path), 4);
+    s->grads = (float *)copy_out(&f, &offset, num_parameters * 4, path);
+    s->step_losses = (float *)copy_out(&f, &offset, (size_t)s->num_steps * 4, path);
+    s->step_lrs = (float *)copy_out(&f, &offset, (size_t)s->num_steps * 4, path);
+    s->step_grad_norms = (float *)copy_out(&f, &offset, (size_t)s->num_steps * 4, path);
+    if (offset != f.size) { fail("%s: %zu trailing bytes: debug state does not match the model", path, f.size - offset); }
+    unmap_file(&f);
+}
+
+static void free_debug_state(DebugState *s) {
+    free(s->tokens); free(s->lengths); free(s->labels); free(s->targets); free(s->score);
+    free(s->logits); free(s->grads); free(s->step_losses); free(s->step_lrs); free(s->step_grad_norms);
+}
+
+static void load_model_for_state(GPT2 *model, const char *model_path, const DebugState *s) {
+    gpt2_build_from_checkpoint(model, model_path, s->K, 0);
+    memcpy(model->params.score, s->score, model->param_sizes[NUM_PARAMETER_TENSORS - 1] * sizeof(float));
+}
+
+static Batch batch_of(const DebugState *s) {
+    Batch batch = {s->B, s->T, s->tokens, s->lengths, s->labels, s->targets};
+    return batch;
+}
+
+// Logits, loss and every gradient tensor against the reference.
+static void check_forward_backward(GPT2 *model, const DebugState *s) {
+    Batch batch = batch_of(s);
+    gpt2_forward(model, &batch, 1.0f);
+    compare("logits", model->logits, s->logits, (size_t)s->B * s->K, tolerances.logits);
+    compare("loss", &model->loss, &s->loss, 1, tolerances.loss);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    size_t offset = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        char label[64];
+        snprintf(label, sizeof(label), "d%s", parameter_names[i]);
+        compare(label, model->grads_memory + offset, s->grads + offset, model->param_sizes[i], tolerances.grads);
+        offset += model->param_sizes[i];
+    }
+}
+
+// Padding must not change anything: new token ids in every padded position
+// give bit-identical logits, loss and gradients.
+static void check_padding_invariance(GPT2 *model, const DebugState *s) {
+    Batch batch = batch_of(s);
+    gpt2_forward(model, &batch, 1.0f);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    const size_t n = model->num_parameters, BK = (size_t)s->B * s->K;
+    float *grads = (float *)malloc_or_die(n * sizeof(float), "grads copy");
+    float *logits = (float *)malloc_or_die(BK * sizeof(float), "logits copy");
+    memcpy(grads, model->grads_memory, n * sizeof(float));
+    memcpy(logits, model->logits, BK * sizeof(float));
+    const float loss = model->loss;
+
+    int *repadded = (int *)malloc_or_die((size_t)s->B * s->T * sizeof(int), "tokens");
+    int padded_positions = 0;
+    for (int b = 0; b < s->B; b++) {
+        for (int t = 0; t < s->T; t++) {
+            const int real = t < s->lengths[b];
+            repadded[b * s->T + t] = real ? s->tokens[b * s->T + t] : (s->tokens[b * s->T + t] * 7 + 13 + t) % 50257;
+            padded_positions += !real;
+        }
+    }
+    batch.tokens = repadded;
+    gpt2_forward(model, &batch, 1.0f);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    const int same = padded_positions > 0 && loss == model->loss &&
+                     memcmp(logits, model->logits, BK * sizeof(float)) == 0 &&
+                     memcmp(grads, model->grads_memory, n * sizeof(float)) == 0;
+    char line[128];
+    snprintf(line, sizeof(line), "padding   %d padded positions re-filled: logits, loss, gradients bit-identical", padded_positions);
+    report(same, line);
+    free(repadded); free(grads); free(logits);
+}
+
+// The loss trajectory of num_steps AdamW updates on the same batch, with the
+// learning rate and pre-clipping gradient norm of each update.
+static void check_training_steps(GPT2 *model, const DebugState *s) {
+    Batch batch = batch_of(s);
+    float *losses = (float *)malloc_or_die((size_t)s->num_steps * sizeof(float), "losses");
+    float *lrs = (float *)malloc_or_die((size_t)s->num_steps * sizeof(float), "lrs");
+    float *norms = (float *)malloc_or_die((size_t)s->num_steps * sizeof(float), "norms");
+    gpt2_zero_grad(model);
+    for (int step = 0; step < s->num_steps; step++) {
+        gpt2_forward(model, &batch, 1.0f);
+        gpt2_backward(model);
+        losses[step] = model->loss;
+        lrs[step] = learning_rate_at(&s->opt, step);
+        norms[step] = gpt2_update(model, &s->opt, step);
+    }
+    for (int step = 0; step < s->num_steps; step++) {
+        printf("     step %2d  loss %.6f (ref %.6f)  lr %.4e (ref %.4e)  grad norm %.5f (ref %.5f)\n", step,
+               losses[step], s->step_losses[step], lrs[step], s->step_lrs[step], norms[step], s->step_grad_norms[step]);
+    }
+    compare("step lrs", lrs, s->step_lrs, (size_t)s->num_steps, 1e-6);
+    compare("step norms", norms, s->step_grad_norms, (size_t)s->num_steps, tolerances.steps);
+    compare("step loss", losses, s->step_losses, (size_t)s->num_steps, tolerances.steps);
+    free(losses); free(lrs); free(norms);
+}
+
+// A fine-tuned checkpoint written and read back gives the same parameters.
+static void check_checkpoint_round_trip(GPT2 *model) {
+    const char *path = "build/test_roundtrip_checkpoint.bin";
+    gpt2_save_checkpoint(model, path);
+    GPT2 loaded;
+    gpt2_build_from_checkpoint(&loaded, path, 0, 0);
+    const int same = loaded.num_parameters == model->num_parameters &&
+                     loaded.config.num_labels == model->config.num_labels &&
+                     memcmp(loaded.params_memory, model->params_memory, model->num_parameters * sizeof(float)) == 0;
+    report(same, "checkpoint saved and reloaded: identical parameters and num_labels");
+    gpt2_free(&loaded);
+    remove(path);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODEL.bin DEBUG_STATE.bin [DEBUG_STATE.bin ...]\n", argv[0]);
+        return 2;
+    }
+    const char *model_path = argv[1];
+    for (int i = 2; i < argc; i++) {
+        GPT2 probe;
+        gpt2_build_from_checkpoint(&probe, model_path, 2, 0);
+        const int C = probe.config.channels;
+        const size_t body = probe.num_parameters - probe.param_sizes[NUM_PARAMETER_TENSORS - 1];
+        gpt2_free(&probe);
+        DebugState s;
+        MappedFile peek;
+        if (map_file(&peek, argv[i]) != 0 || peek.size < 20) { fail("cannot read debug state %s", argv[i]); }
+        const int K = read_i32(peek.data + 16);
+        unmap_file(&peek);
+        load_debug_state(&s, argv[i], body + (size_t)K * C, C);
+        printf("== %s with %s: B=%d T=%d num_labels=%d lengths", model_path, argv[i], s.B, s.T, s.K);
+        for (int b = 0; b < s.B; b++) { printf(" %d", s.lengths[b]); }
+        printf("\n");
+
+        GPT2 model;
+        load_model_for_state(&model, model_path, &s);
+        check_forward_backward(&model, &s);
+        check_padding_invariance(&model, &s);
+        check_training_steps(&model, &s);
+        check_checkpoint_round_trip(&model);
+        gpt2_free(&model);
+        free_debug_state(&s);
+    }
+    printf("%d passed, %d failed\n", checks_passed, checks_failed);
+    return checks_failed == 0 ? 0 : 1;
+}

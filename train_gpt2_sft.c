@@ -1,0 +1,1934 @@
+/*
+train_gpt2_sft.c: supervised fine-tuning of GPT-2 as a sequence classifier,
+in one C99 file with no dependencies beyond libc, libm and (optionally) OpenMP.
+
+The pipeline, top to bottom in this file:
+  1. a pretrained GPT-2 checkpoint in llm.c's float32 format is memory-mapped
+     and copied into one parameter allocation, plus a classification head
+     `score` (num_labels, C) that the pretrained model does not have;
+  2. a batch of right-padded token sequences with their true lengths runs
+     through the transformer: embeddings, L blocks of (LayerNorm, causal
+     self-attention, residual, LayerNorm, MLP, residual);
+  3. the final hidden state of the LAST REAL TOKEN of each sequence is
+     normalised by the final LayerNorm and multiplied by `score`: logits;
+  4. cross-entropy (classification) or mean-squared error (regression) gives
+     the loss; every layer's backward pass gives the gradients;
+  5. AdamW with decoupled weight decay, gradient clipping and a linear
+     warmup/decay schedule updates the weights.
+The model equals Hugging Face's GPT2ForSequenceClassification (dropout off),
+so a model trained here can be exported and used there, and vice versa.
+
+Shapes are written (B,T,C): batch, time (padded length), channels.
+Every layer is a pair X_forward / X_backward; each backward states the
+derivative it implements. `main` is at the bottom under #ifndef TESTING so
+test_sft.c can include this file.
+*/
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// ----------------------------------------------------------------------------
+// Errors. Every failure the user can cause ends here: one line, non-zero exit.
+
+static void fail(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n");
+    va_end(args);
+    exit(EXIT_FAILURE);
+}
+
+static void *malloc_or_die(size_t bytes, const char *what) {
+    void *p = malloc(bytes > 0 ? bytes : 1);
+    if (p == NULL) { fail("out of memory allocating %zu bytes for %s", bytes, what); }
+    return p;
+}
+
+static void *calloc_or_die(size_t count, size_t size, const char *what) {
+    void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
+    if (p == NULL) { fail("out of memory allocating %zu x %zu bytes for %s", count, size, what); }
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// Platform: the only OS-specific code. Files are memory-mapped read-only where
+// mmap exists (POSIX) and read into memory elsewhere (e.g. Windows), and
+// written files are flushed to disk before the rename that publishes them.
+
+#if defined(_WIN32)
+#include <io.h>
+#define PLATFORM_HAS_MMAP 0
+#else
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define PLATFORM_HAS_MMAP 1
+#endif
+
+typedef struct {
+    const unsigned char *data; // the whole file, read-only
+    size_t size;               // in bytes
+    int is_mapped;             // 1: munmap on close, 0: free on close
+} MappedFile;
+
+// Maps `path` read-only. Returns 0 on success, or -1 with errno set.
+static int map_file(MappedFile *file, const char *path) {
+    file->data = NULL; file->size = 0; file->is_mapped = 0;
+#if PLATFORM_HAS_MMAP
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { return -1; }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); return -1; }
+    if (!S_ISREG(st.st_mode)) { close(fd); errno = EISDIR; return -1; }
+    file->size = (size_t)st.st_size;
+    if (file->size == 0) { close(fd); file->data = (const unsigned char *)""; return 0; }
+    void *p = mmap(NULL, file->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) { return -1; }
+    file->data = (const unsigned char *)p;
+    file->is_mapped = 1;
+    return 0;
+#else
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) { return -1; }
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return -1; }
+    long size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return -1; }
+    file->size = (size_t)size;
+    unsigned char *buffer = (unsigned char *)malloc_or_die(file->size, path);
+    if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); errno = EIO; return -1; }
+    fclose(f);
+    file->data = buffer;
+    return 0;
+#endif
+}
+
+static void unmap_file(MappedFile *file) {
+#if PLATFORM_HAS_MMAP
+    if (file->is_mapped) { munmap((void *)file->data, file->size); }
+#else
+    free((void *)file->data);
+#endif
+    file->data = NULL; file->size = 0; file->is_mapped = 0;
+}
+
+// Makes the bytes written to f durable before the file is renamed into place.
+static int flush_to_disk(FILE *f) {
+    if (fflush(f) != 0) { return -1; }
+#if PLATFORM_HAS_MMAP
+    if (fsync(fileno(f)) != 0) { return -1; }
+#else
+    if (_commit(_fileno(f)) != 0) { return -1; }
+#endif
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Little-endian file access. All formats are little-endian; on a big-endian
+// host we refuse to run rather than compute with scrambled numbers.
+
+static int host_is_little_endian(void) {
+    const uint32_t probe = 1;
+    unsigned char first;
+    memcpy(&first, &probe, 1);
+    return first == 1;
+}
+
+static int32_t read_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
+
+// ----------------------------------------------------------------------------
+// Matrix multiplication: the one kernel that does ~all of the arithmetic.
+//
+//   C (M,N) = [C +] A (M,K) . B (K,N)
+//
+// A and B are read through strides so that the three products of a linear
+// layer (forward x.W^T, backward dx = dy.W and dW = dy^T.x) are one function.
+// The work is split into (MC x NC) tiles of C, one per OpenMP task, so each
+// element of C is summed by one thread in a fixed order: the result does not
+// depend on the number of threads. Inside a tile, KC-deep slices of A and B
+// are copied ("packed") into contiguous panels so that the register-tiled
+// micro-kernel below streams through memory linearly.
+
+#ifndef GEMM_MR
+#define GEMM_MR 6    // rows of C held in registers by the micro-kernel
+#endif
+#ifndef GEMM_NR
+#define GEMM_NR 32   // columns of C held in registers (two 512-bit vectors)
+#endif
+#ifndef GEMM_MC
+#define GEMM_MC 96   // rows of C per tile (multiple of GEMM_MR)
+#endif
+#ifndef GEMM_NC
+#define GEMM_NC 256  // columns of C per tile (multiple of GEMM_NR)
+#endif
+#ifndef GEMM_KC
+#define GEMM_KC 256  // depth of one packed slice
+#endif
+
+typedef struct {
+    const float *data;
+    long row_stride; // distance between (i, k) and (i+1, k)
+    long col_stride; // distance between (i, k) and (i, k+1)
+} StridedMatrix;
+
+// panel[(p*kc + k)*GEMM_MR + i] = A[row0 + p*GEMM_MR + i, k0 + k], zero past M.
+static void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, int kc) {
+    for (int p = 0; p * GEMM_MR < rows; p++) {
+        float *dst = panel + (size_t)p * kc * GEMM_MR;
+        for (int i = 0; i < GEMM_MR; i++) {
+            int r = p * GEMM_MR + i;
+            if (r < rows) {
+                const float *src = a.data + (long)(row0 + r) * a.row_stride + (long)k0 * a.col_stride;
+                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = src[k * a.col_stride]; }
+            } else {
+                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = 0.0f; }
+            }
+        }
+    }
+}
+
+// panel[(p*kc + k)*GEMM_NR + j] = B[k0 + k, col0 + p*GEMM_NR + j], zero past N.
+static void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
+    for (int p = 0; p * GEMM_NR < cols; p++) {
+        float *dst = panel + (size_t)p * kc * GEMM_NR;
+        for (int j = 0; j < GEMM_NR; j++) {
+            int c = p * GEMM_NR + j;
+            if (c < cols) {
+                const float *src = b.data + (long)k0 * b.row_stride + (long)(col0 + c) * b.col_stride;
+                for (int k = 0; k < kc; k++) { dst[k * GEMM_NR + j] = src[k * b.row_stride]; }
+            } else {
+                for (int k = 0; k < kc; k++) { dst[k * GEMM_NR + j] = 0.0f; }
+            }
+        }
+    }
+}
+
+// The micro-kernel: acc (MR,NR) = sum_k a[k,:]^T b[k,:] (outer products), then
+// C[0:rows, 0:cols] = acc or += acc. The fixed-size loops let the compiler keep
+// acc in vector registers and emit one fused multiply-add per (i, j-vector).
+static void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, long ldc, int rows, int cols, int accumulate) {
+    float acc[GEMM_MR][GEMM_NR];
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int j = 0; j < GEMM_NR; j++) { acc[i][j] = 0.0f; }
+    }
+    for (int k = 0; k < kc; k++) {
+        const float *bk = b + k * GEMM_NR;
+        for (int i = 0; i < GEMM_MR; i++) {
+            const float ai = a[k * GEMM_MR + i];
+            for (int j = 0; j < GEMM_NR; j++) { acc[i][j] += ai * bk[j]; }
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + i * ldc;
+        if (accumulate) {
+            for (int j = 0; j < cols; j++) { ci[j] += acc[i][j]; }
+        } else {
+            for (int j = 0; j < cols; j++) { ci[j] = acc[i][j]; }
+        }
+    }
+}
+
+static void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
+                 float *c, long ldc, int accumulate) {
+    if (M <= 0 || N <= 0) { return; }
+    if (K <= 0) {
+        if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
+        return;
+    }
+    const int row_tiles = (M + GEMM_MC - 1) / GEMM_MC;
+    const int col_tiles = (N + GEMM_NC - 1) / GEMM_NC;
+    #pragma omp parallel
+    {
+        float *a_panel = (float *)malloc_or_die(sizeof(float) * GEMM_MC * GEMM_KC, "gemm panel");
+        float *b_panel = (float *)malloc_or_die(sizeof(float) * GEMM_NC * GEMM_KC, "gemm panel");
+        #pragma omp for schedule(dynamic, 1)
+        for (int tile = 0; tile < row_tiles * col_tiles; tile++) {
+            const int row0 = (tile / col_tiles) * GEMM_MC;
+            const int col0 = (tile % col_tiles) * GEMM_NC;
+            const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
+            const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
+            for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+                const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+                pack_a(a_panel, a, row0, rows, k0, kc);
+                pack_b(b_panel, b, col0, cols, k0, kc);
+                const int add = accumulate || k0 > 0;
+                for (int j = 0; j < cols; j += GEMM_NR) {
+                    for (int i = 0; i < rows; i += GEMM_MR) {
+                        gemm_microkernel(kc, a_panel + (size_t)i * kc, b_panel + (size_t)j * kc,
+                                         c + (long)(row0 + i) * ldc + col0 + j, ldc,
+                                         rows - i < GEMM_MR ? rows - i : GEMM_MR,
+                                         cols - j < GEMM_NR ? cols - j : GEMM_NR, add);
+                    }
+                }
+            }
+        }
+        free(a_panel);
+        free(b_panel);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Layers. Each forward states what it computes; each backward the derivative.
+
+// Token and position embeddings.
+// out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]       out (B,T,C)
+static void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
+                            int B, int T, int C) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *token_row = wte + (size_t)tokens[b * T + t] * C;
+            const float *position_row = wpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) { o[i] = token_row[i] + position_row[i]; }
+        }
+    }
+}
+
+// dwte[tokens[b,t], :] += dout[b,t,:];  dwpe[t, :] += sum_b dout[b,t,:]
+// Several positions may share a token, so threads split the channels, not the
+// positions: no two threads ever write the same element.
+static void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
+                             int B, int T, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += 64) {
+        const int c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < T; t++) {
+                const float *d = dout + ((size_t)b * T + t) * C;
+                float *token_row = dwte + (size_t)tokens[b * T + t] * C;
+                float *position_row = dwpe + (size_t)t * C;
+                for (int i = c0; i < c1; i++) { token_row[i] += d[i]; position_row[i] += d[i]; }
+            }
+        }
+    }
+}
+
+// LayerNorm over the channels of each of N rows:
+// out = (x - mean) * rstd * weight + bias,  rstd = 1/sqrt(var + 1e-5)
+// mean and rstd (N) are kept for the backward pass. Sums run in double.
+static void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double sum = 0.0;
+        for (int i = 0; i < C; i++) { sum += x[i]; }
+        const double m = sum / C;
+        double sum_sq = 0.0;
+        for (int i = 0; i < C; i++) { double d = x[i] - m; sum_sq += d * d; }
+        const double s = 1.0 / sqrt(sum_sq / C + 1e-5);
+        float *o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) { o[i] = (float)((x[i] - m) * s) * weight[i] + bias[i]; }
+        mean[n] = (float)m;
+        rstd[n] = (float)s;
+    }
+}
+
+// With xhat = (x - mean) * rstd and y = xhat * w + b:
+//   dw += sum_rows dy * xhat,   db += sum_rows dy
+//   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w
+// (the two means come from the dependence of mean and rstd on every x).
+static void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        const float *dy = dout + (size_t)n * C;
+        const float m = mean[n], s = rstd[n];
+        double g_mean = 0.0, g_xhat_mean = 0.0;
+        for (int i = 0; i < C; i++) {
+            const float g = dy[i] * weight[i];
+            g_mean += g;
+            g_xhat_mean += g * ((x[i] - m) * s);
+        }
+        g_mean /= C;
+        g_xhat_mean /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            const float xhat = (x[i] - m) * s;
+            const float g = dy[i] * weight[i];
+            dx[i] += s * (g - (float)g_mean - xhat * (float)g_xhat_mean);
+        }
+    }
+    // Parameter gradients reduce over rows: threads split channels instead.
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += 32) {
+        const int c1 = c0 + 32 < C ? c0 + 32 : C;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C;
+            const float *dy = dout + (size_t)n * C;
+            const float m = mean[n], s = rstd[n];
+            for (int i = c0; i < c1; i++) {
+                dweight[i] += dy[i] * ((x[i] - m) * s);
+                dbias[i] += dy[i];
+            }
+        }
+    }
+}
+
+// Fills each of the N rows of out (N, OC) with bias (OC), or zeros without one.
+static void fill_rows_with_bias(float *out, const float *bias, int N, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OC;
+        if (bias != NULL) { memcpy(o, bias, (size_t)OC * sizeof(float)); }
+        else { memset(o, 0, (size_t)OC * sizeof(float)); }
+    }
+}
+
+// Linear layer, weight stored (OC, C) as in nn.Linear:
+// out (N,OC) += inp (N,C) . weight^T
+// Callers first set out to the bias (or to a residual stream plus the bias),
+// which fuses the residual add of a transformer block into the matmul.
+static void matmul_forward_accumulate(float *out, const float *inp, const float *weight,
+                                      int N, int C, int OC) {
+    StridedMatrix a = {inp, C, 1};
+    StridedMatrix w_transposed = {weight, 1, C};
+    gemm(N, OC, C, a, w_transposed, out, OC, 1);
+}
+
+// With out = inp . W^T + b:
+//   dinp = dout . W          (N,C)   (overwritten)
+//   dW  += dout^T . inp      (OC,C)
+//   db  += sum_rows dout     (OC)
+static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int N, int C, int OC) {
+    StridedMatrix dy = {dout, OC, 1};
+    StridedMatrix w = {weight, C, 1};
+    gemm(N, C, OC, dy, w, dinp, C, 0);
+    StridedMatrix dy_transposed = {dout, 1, OC};
+    StridedMatrix x = {inp, C, 1};
+    gemm(OC, C, N, dy_transposed, x, dweight, C, 1);
+    if (dbias != NULL) {
+        #pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < OC; o0 += 64) {
+            const int o1 = o0 + 64 < OC ? o0 + 64 : OC;
+            for (int n = 0; n < N; n++) {
+                const float *d = dout + (size_t)n * OC;
+                for (int o = o0; o < o1; o++) { dbias[o] += d[o]; }
+            }
+        }
+    }
+}
+
+// Causal multi-head self-attention, NH heads of size hs = C/NH.
+// qkv (B,T,3C) holds [q | k | v] for each position. For query position t:
+//   att[b,h,t,u] = softmax_u( q_t . k_u / sqrt(hs) ),  u <= t
+//   out[b,t,h*hs:(h+1)*hs] = sum_u att[b,h,t,u] v_u
+// att (B,NH,T,T) keeps the probabilities for the backward pass; entries u > t
+// are never read. Position t never sees u > t, so right-padding cannot change
+// any real position's output.
+static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *att_row = att + (((size_t)b * NH + h) * T + t) * T;
+                float max_score = -FLT_MAX;
+                for (int u = 0; u <= t; u++) {
+                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) { dot += q[i] * k[i]; }
+                    dot *= scale;
+                    att_row[u] = dot;
+                    if (dot > max_score) { max_score = dot; }
+                }
+                float sum = 0.0f;
+                for (int u = 0; u <= t; u++) {
+                    const float e = expf(att_row[u] - max_score);
+                    att_row[u] = e;
+                    sum += e;
+                }
+                const float inv_sum = 1.0f / sum;
+                for (int u = 0; u <= t; u++) { att_row[u] *= inv_sum; }
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
+                for (int u = 0; u <= t; u++) {
+                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    const float a = att_row[u];
+                    for (int i = 0; i < hs; i++) { o[i] += a * v[i]; }
+                }
+            }
+        }
+    }
+}
+
+// Backward of attention for one (b, h), walking query positions t:
+//   dv_u   += att[t,u] * dout_t
+//   datt_u  = dout_t . v_u
+//   dpre_u  = att[t,u] * (datt_u - sum_w att[t,w] datt_w)     (softmax backward)
+//   dq_t   += dpre_u * k_u / sqrt(hs);   dk_u += dpre_u * q_t / sqrt(hs)
+// dqkv (B,T,3C) is overwritten. scratch holds one row of datt per (b, h).
+static void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, int B, int T, int C, int NH) {
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            float *datt = scratch + ((size_t)b * NH + h) * T;
+            for (int t = 0; t < T; t++) {
+                float *dst = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                for (int i = 0; i < hs; i++) { dst[i] = 0.0f; dst[C + i] = 0.0f; dst[2 * C + i] = 0.0f; }
+            }
+            for (int t = 0; t < T; t++) {
+                const float *att_row = att + (((size_t)b * NH + h) * T + t) * T;
+                const float *dy = dout + ((size_t)b * T + t) * C + h * hs;
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float weighted_sum = 0.0f;
+                for (int u = 0; u <= t; u++) {
+                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    float *dv = dqkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) { dot += dy[i] * v[i]; dv[i] += att_row[u] * dy[i]; }
+                    datt[u] = dot;
+                    weighted_sum += att_row[u] * dot;
+                }
+                for (int u = 0; u <= t; u++) {
+                    const float dpre = att_row[u] * (datt[u] - weighted_sum) * scale;
+                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    float *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
+                }
+            }
+        }
+    }
+}
+
+// GELU with the tanh approximation used by GPT-2:
+// y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+#define GELU_SCALE 0.7978845608028654f
+static void gelu_forward(float *out, const float *inp, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[i] = 0.5f * x * (1.0f + tanhf(u));
+    }
+}
+
+// dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+// d (n) holds dL/dy on entry and dL/dx on return.
+static void gelu_backward_inplace(float *d, const float *inp, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        const float th = tanhf(u);
+        const float du_dx = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        d[i] *= 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du_dx;
+    }
+}
+
+// Pooling: the hidden state of the last real token of each sequence, through
+// the final LayerNorm. Only these B rows feed the head, so the final LayerNorm
+// is computed for them alone.
+// pooled[b,:] = LN(residual[b, lengths[b]-1, :])      pooled (B,C)
+static void pool_last_token_forward(float *pooled, float *mean, float *rstd, const float *residual,
+                                    const int *lengths, const float *weight, const float *bias,
+                                    int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        const float *row = residual + ((size_t)b * T + lengths[b] - 1) * C;
+        layernorm_forward(pooled + (size_t)b * C, mean + b, rstd + b, row, weight, bias, 1, C);
+    }
+}
+
+// The gradient reaches the residual stream only at each sequence's last real
+// position; every other position receives zero here.
+static void pool_last_token_backward(float *dresidual, float *dweight, float *dbias,
+                                     const float *dpooled, const float *residual, const int *lengths,
+                                     const float *weight, const float *mean, const float *rstd,
+                                     int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        const size_t row = ((size_t)b * T + lengths[b] - 1) * C;
+        layernorm_backward(dresidual + row, dweight, dbias, dpooled + (size_t)b * C,
+                           residual + row, weight, mean + b, rstd + b, 1, C);
+    }
+}
+
+// The classification head, no bias: logits (B,K) = pooled (B,C) . score^T (K,C).
+static void classifier_forward(float *logits, const float *pooled, const float *score, int B, int C, int K) {
+    for (int b = 0; b < B; b++) {
+        for (int k = 0; k < K; k++) {
+            double dot = 0.0;
+            for (int i = 0; i < C; i++) { dot += (double)pooled[b * C + i] * score[k * C + i]; }
+            logits[b * K + k] = (float)dot;
+        }
+    }
+}
+
+// dscore += dlogits^T . pooled;   dpooled = dlogits . score
+static void classifier_backward(float *dpooled, float *dscore, const float *dlogits,
+                                const float *pooled, const float *score, int B, int C, int K) {
+    for (int b = 0; b < B; b++) {
+        for (int i = 0; i < C; i++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) { sum += dlogits[b * K + k] * score[k * C + i]; }
+            dpooled[b * C + i] = sum;
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        for (int b = 0; b < B; b++) {
+            const float d = dlogits[b * K + k];
+            for (int i = 0; i < C; i++) { dscore[k * C + i] += d * pooled[b * C + i]; }
+        }
+    }
+}
+
+// Classification (K >= 2): softmax cross-entropy, averaged over the batch.
+//   loss = -(1/B) sum_b log softmax(logits_b)[y_b]
+//   dlogits_b = (softmax(logits_b) - onehot(y_b)) / B
+// Regression (K == 1): mean squared error, as Hugging Face's MSELoss.
+//   loss = (1/B) sum_b (logit_b - y_b)^2,   dlogit_b = 2 (logit_b - y_b) / B
+// `grad_scale` multiplies dlogits (1/accumulation_steps when accumulating).
+// Returns the loss.
+static float loss_forward_backward(float *dlogits, const float *logits, const int *labels,
+                                   const float *targets, int B, int K, float grad_scale) {
+    double total = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + b * K;
+        float *dz = dlogits + b * K;
+        if (K == 1) {
+            const double diff = (double)z[0] - targets[b];
+            total += diff * diff;
+            dz[0] = (float)(2.0 * diff / B) * grad_scale;
+            continue;
+        }
+        double max_logit = z[0];
+        for (int k = 1; k < K; k++) { if (z[k] > max_logit) { max_logit = z[k]; } }
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) { sum += exp(z[k] - max_logit); }
+        total += log(sum) + max_logit - z[labels[b]];
+        for (int k = 0; k < K; k++) {
+            const double p = exp(z[k] - max_logit) / sum;
+            dz[k] = (float)((p - (k == labels[b] ? 1.0 : 0.0)) / B) * grad_scale;
+        }
+    }
+    return (float)(total / B);
+}
+
+// ----------------------------------------------------------------------------
+// The model: configuration, parameters, activations.
+
+typedef struct {
+    int max_seq_len;       // positions in wpe (1024 for GPT-2)
+    int vocab_size;        // real tokens (50257)
+    int padded_vocab_size; // rows of wte (50304, a multiple of 128)
+    int num_layers;        // L
+    int num_heads;         // NH
+    int channels;          // C
+    int num_labels;        // K: classes, or 1 for regression
+} GPT2Config;
+
+#define NUM_PARAMETER_TENSORS 17
+typedef struct {
+    float *wte;      // (Vp, C)   token embeddings
+    float *wpe;      // (maxT, C) position embeddings
+    float *ln1w;     // (L, C)
+    float *ln1b;     // (L, C)
+    float *qkvw;     // (L, 3C, C)
+    float *qkvb;     // (L, 3C)
+    float *attprojw; // (L, C, C)
+    float *attprojb; // (L, C)
+    float *ln2w;     // (L, C)
+    float *ln2b;     // (L, C)
+    float *fcw;      // (L, 4C, C)
+    float *fcb;      // (L, 4C)
+    float *fcprojw;  // (L, C, 4C)
+    float *fcprojb;  // (L, C)
+    float *lnfw;     // (C)
+    float *lnfb;     // (C)
+    float *score;    // (K, C)    the classification head, not in the pretrained model
+} ParameterTensors;
+
+static const char *const parameter_names[NUM_PARAMETER_TENSORS] = {
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+    "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "score"};
+
+// Weight decay applies to matrices and embeddings, never to biases or LayerNorm.
+static const int parameter_decays[NUM_PARAMETER_TENSORS] = {
+    1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1};
+
+static void parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], GPT2Config cfg) {
+    const size_t L = cfg.num_layers, C = cfg.channels;
+    sizes[0] = (size_t)cfg.padded_vocab_size * C;
+    sizes[1] = (size_t)cfg.max_seq_len * C;
+    sizes[2] = L * C;          sizes[3] = L * C;
+    sizes[4] = L * 3 * C * C;  sizes[5] = L * 3 * C;
+    sizes[6] = L * C * C;      sizes[7] = L * C;
+    sizes[8] = L * C;          sizes[9] = L * C;
+    sizes[10] = L * 4 * C * C; sizes[11] = L * 4 * C;
+    sizes[12] = L * 4 * C * C; sizes[13] = L * C;
+    sizes[14] = C;             sizes[15] = C;
+    sizes[16] = (size_t)cfg.num_labels * C;
+}
+
+// Points each named tensor into one contiguous block of memory.
+static void carve_parameters(ParameterTensors *t, float *memory, const size_t sizes[NUM_PARAMETER_TENSORS]) {
+    float **slots[NUM_PARAMETER_TENSORS] = {
+        &t->wte, &t->wpe, &t->ln1w, &t->ln1b, &t->qkvw, &t->qkvb, &t->attprojw, &t->attprojb,
+        &t->ln2w, &t->ln2b, &t->fcw, &t->fcb, &t->fcprojw, &t->fcprojb, &t->lnfw, &t->lnfb, &t->score};
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        *slots[i] = memory;
+        memory += sizes[i];
+    }
+}
+
+// Everything the forward pass keeps for the backward pass.
+#define NUM_ACTIVATION_TENSORS 16
+typedef struct {
+    float *encoded;   // (B,T,C)      embeddings, the input of layer 0
+    float *ln1;       // (L,B,T,C)
+    float *ln1_mean;  // (L,B,T)
+    float *ln1_rstd;  // (L,B,T)
+    float *qkv;       // (L,B,T,3C)
+    float *atty;      // (L,B,T,C)    attention output before its projection
+    float *att;       // (L,B,NH,T,T) attention probabilities
+    float *residual2; // (L,B,T,C)    after the attention block
+    float *ln2;       // (L,B,T,C)
+    float *ln2_mean;  // (L,B,T)
+    float *ln2_rstd;  // (L,B,T)
+    float *fch;       // (L,B,T,4C)   MLP pre-activation (GELU is recomputed in backward)
+    float *residual3; // (L,B,T,C)    after the MLP block: the layer's output
+    float *pooled;    // (B,C)        final LayerNorm of the last real token
+    float *lnf_mean;  // (B)
+    float *lnf_rstd;  // (B)
+} ActivationTensors;
+
+static void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int B, int T) {
+    const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads;
+    const size_t BT = (size_t)B * T;
+    sizes[0] = BT * C;
+    sizes[1] = L * BT * C;  sizes[2] = L * BT;  sizes[3] = L * BT;
+    sizes[4] = L * BT * 3 * C;
+    sizes[5] = L * BT * C;
+    sizes[6] = L * B * NH * (size_t)T * T;
+    sizes[7] = L * BT * C;
+    sizes[8] = L * BT * C;  sizes[9] = L * BT;  sizes[10] = L * BT;
+    sizes[11] = L * BT * 4 * C;
+    sizes[12] = L * BT * C;
+    sizes[13] = (size_t)B * C; sizes[14] = B; sizes[15] = B;
+}
+
+static void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
+    float **slots[NUM_ACTIVATION_TENSORS] = {
+        &t->encoded, &t->ln1, &t->ln1_mean, &t->ln1_rstd, &t->qkv, &t->atty, &t->att, &t->residual2,
+        &t->ln2, &t->ln2_mean, &t->ln2_rstd, &t->fch, &t->residual3, &t->pooled, &t->lnf_mean, &t->lnf_rstd};
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        *slots[i] = memory;
+        memory += sizes[i];
+    }
+}
+
+// Buffers of the backward pass that hold one layer at a time.
+typedef struct {
+    float *dresidual; // (B,T,C)   dL/d(residual stream), flows down through the layers
+    float *dln;       // (B,T,C)   dL/d(LayerNorm output)
+    float *datty;     // (B,T,C)
+    float *dqkv;      // (B,T,3C)
+    float *dfch;      // (B,T,4C)  dL/d(GELU output), then dL/d(fch)
+    float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
+    float *datt_row;  // (B,NH,T)  attention_backward's scratch
+    float *dpooled;   // (B,C)
+    float *dlogits;   // (B,K)
+} BackwardBuffers;
+
+typedef struct {
+    GPT2Config config;
+    ParameterTensors params;
+    size_t param_sizes[NUM_PARAMETER_TENSORS];
+    float *params_memory;
+    size_t num_parameters;
+    ParameterTensors grads;   // allocated on the first backward
+    float *grads_memory;
+    float *m_memory;          // AdamW first moments, allocated on the first update
+    float *v_memory;          // AdamW second moments
+    ActivationTensors acts;   // allocated for (max_batch, max_seq) on the first forward
+    float *acts_memory;
+    BackwardBuffers bufs;
+    float *bufs_memory;
+    int max_batch, max_seq;   // the sizes acts and bufs are allocated for
+    float *logits;            // (B,K)
+    int B, T;                 // the current batch
+    const int *tokens;        // (B,T) of the current batch
+    const int *lengths;       // (B)
+    float loss;               // of the last forward with targets, or -1
+    int step;                 // optimizer updates these parameters have had
+} GPT2;
+
+// A batch of right-padded sequences. Positions t >= lengths[b] are padding:
+// any valid token id, never influencing the result.
+typedef struct {
+    int B, T;
+    int *tokens;    // (B,T)
+    int *lengths;   // (B), each in 1..T
+    int *labels;    // (B), class ids, for num_labels >= 2
+    float *targets; // (B), regression targets, for num_labels == 1
+} Batch;
+
+// ----------------------------------------------------------------------------
+// Checkpoints.
+//
+// Read: llm.c's GPT-2 checkpoint (magic 20240326, version 3: float32,
+// vocabulary padded to a multiple of 128), with no head; or this program's
+// fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
+// in header[8], the number of updates done in header[9], and the head
+// `score` (K,C) after the last llm.c tensor.
+
+#define LLMC_MAGIC 20240326
+#define LLMC_VERSION 3
+#define SFT_MAGIC 20261128
+#define SFT_VERSION 1
+#define HEADER_INTS 256
+
+// A small, seedable RNG (xorshift64*) so runs are reproducible everywhere.
+static uint64_t rng_next(uint64_t *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return *state * 0x2545F4914F6CDD1DULL;
+}
+static float rng_uniform(uint64_t *state) { // in (0, 1)
+    return ((float)(rng_next(state) >> 40) + 0.5f) / 16777216.0f;
+}
+static float rng_normal(uint64_t *state) { // Box-Muller
+    const float u1 = rng_uniform(state), u2 = rng_uniform(state);
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
+}
+static uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL; }
+
+// The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
+static void init_classifier_head(float *score, size_t n, uint64_t seed) {
+    uint64_t state = rng_seed(seed);
+    for (size_t i = 0; i < n; i++) { score[i] = 0.02f * rng_normal(&state); }
+}
+
+static void gpt2_allocate_parameters(GPT2 *model) {
+    parameter_sizes(model->param_sizes, model->config);
+    model->num_parameters = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { model->num_parameters += model->param_sizes[i]; }
+    model->params_memory = (float *)malloc_or_die(model->num_parameters * sizeof(float), "parameters");
+    carve_parameters(&model->params, model->params_memory, model->param_sizes);
+}
+
+// Checks a header's configuration; names the file and the field on failure.
+static void validate_config(const GPT2Config *cfg, const char *path) {
+    if (cfg->num_layers < 1 || cfg->num_layers > 1000) { fail("%s: num_layers %d is out of range 1..1000", path, cfg->num_layers); }
+    if (cfg->num_heads < 1 || cfg->channels < 1 || cfg->channels > 65536 || cfg->channels % cfg->num_heads != 0) {
+        fail("%s: channels %d must be a positive multiple of num_heads %d", path, cfg->channels, cfg->num_heads);
+    }
+    if (cfg->max_seq_len < 1 || cfg->max_seq_len > 1 << 20) { fail("%s: max_seq_len %d is out of range", path, cfg->max_seq_len); }
+    if (cfg->vocab_size < 1 || cfg->padded_vocab_size < cfg->vocab_size || cfg->padded_vocab_size > 1 << 24) {
+        fail("%s: vocab_size %d / padded_vocab_size %d are inconsistent", path, cfg->vocab_size, cfg->padded_vocab_size);
+    }
+    if (cfg->num_labels < 1 || cfg->num_labels > 65536) { fail("%s: num_labels %d is out of range 1..65536", path, cfg->num_labels); }
+}
+
+// Loads a checkpoint. `num_labels` is the head size wanted for an llm.c
+// checkpoint (which has no head); for a fine-tuned checkpoint it must be 0 or
+// match the file. `seed` initialises a missing head.
+static void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, uint64_t seed) {
+    memset(model, 0, sizeof(*model));
+    model->loss = -1.0f;
+    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+    MappedFile file;
+    if (map_file(&file, path) != 0) {
+        fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, strerror(errno));
+    }
+    if (file.size < HEADER_INTS * 4) { fail("%s: file is %zu bytes, too small for a checkpoint header", path, file.size); }
+    const int32_t magic = read_i32(file.data), version = read_i32(file.data + 4);
+    int has_head;
+    if (magic == LLMC_MAGIC) {
+        if (version != LLMC_VERSION) {
+            fail("%s: llm.c checkpoint version %d is not supported (need %d: float32 with padded vocabulary)", path, version, LLMC_VERSION);
+        }
+        has_head = 0;
+    } else if (magic == SFT_MAGIC) {
+        if (version != SFT_VERSION) { fail("%s: fine-tuned checkpoint version %d is not supported (need %d)", path, version, SFT_VERSION); }
+        has_head = 1;
+    } else {
+        fail("%s: bad magic number %d: not an llm.c GPT-2 checkpoint or a fine-tuned checkpoint", path, magic);
+        return;
+    }
+    GPT2Config cfg;
+    cfg.max_seq_len = read_i32(file.data + 4 * 2);
+    cfg.vocab_size = read_i32(file.data + 4 * 3);
+    cfg.num_layers = read_i32(file.data + 4 * 4);
+    cfg.num_heads = read_i32(file.data + 4 * 5);
+    cfg.channels = read_i32(file.data + 4 * 6);
+    cfg.padded_vocab_size = read_i32(file.data + 4 * 7);
+    if (has_head) {
+        cfg.num_labels = read_i32(file.data + 4 * 8);
+        model->step = read_i32(file.data + 4 * 9);
+        if (model->step < 0) { fail("%s: negative step count %d in header", path, model->step); }
+        if (num_labels != 0 && num_labels != cfg.num_labels) {
+            fail("%s: the checkpoint has %d labels but %d were requested", path, cfg.num_labels, num_labels);
+        }
+    } else {
+        cfg.num_labels = num_labels != 0 ? num_labels : 2;
+    }
+    validate_config(&cfg, path);
+    model->config = cfg;
+    gpt2_allocate_parameters(model);
+    const size_t head_size = model->param_sizes[NUM_PARAMETER_TENSORS - 1];
+    const size_t stored = model->num_parameters - (has_head ? 0 : head_size);
+    const size_t expected_bytes = (size_t)HEADER_INTS * 4 + stored * sizeof(float);
+    if (file.size != expected_bytes) {
+        fail("%s: file is %zu bytes but its header describes %zu bytes (truncated or wrong config)", path, file.size, expected_bytes);
+    }
+    memcpy(model->params_memory, file.data + HEADER_INTS * 4, stored * sizeof(float));
+    unmap_file(&file);
+    if (!has_head) { init_classifier_head(model->params.score, head_size, seed); }
+    for (size_t i = 0; i < model->num_parameters; i++) {
+        if (!isfinite(model->params_memory[i])) { fail("%s: parameter %zu is NaN or infinite", path, i); }
+    }
+}
+
+// Writes the fine-tuned checkpoint to path + ".tmp", flushes it to disk, and
+// renames it over `path`: an interrupted save never destroys the old file.
+static void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
+    const size_t tmp_len = strlen(path) + 5;
+    char *tmp_path = (char *)malloc_or_die(tmp_len, "checkpoint path");
+    snprintf(tmp_path, tmp_len, "%s.tmp", path);
+    FILE *f = fopen(tmp_path, "wb");
+    if (f == NULL) { fail("cannot write checkpoint %s: %s", tmp_path, strerror(errno)); }
+    int32_t header[HEADER_INTS];
+    memset(header, 0, sizeof(header));
+    const GPT2Config *cfg = &model->config;
+    header[0] = SFT_MAGIC; header[1] = SFT_VERSION;
+    header[2] = cfg->max_seq_len; header[3] = cfg->vocab_size; header[4] = cfg->num_layers;
+    header[5] = cfg->num_heads; header[6] = cfg->channels; header[7] = cfg->padded_vocab_size;
+    header[8] = cfg->num_labels; header[9] = model->step;
+    int ok = fwrite(header, sizeof(header), 1, f) == 1 &&
+             fwrite(model->params_memory, sizeof(float), model->num_parameters, f) == model->num_parameters &&
+             flush_to_disk(f) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) { remove(tmp_path); fail("writing checkpoint %s failed: %s", tmp_path, strerror(errno)); }
+    if (rename(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
+    free(tmp_path);
+}
+
+// ----------------------------------------------------------------------------
+// Forward and backward passes of the whole model.
+
+static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
+    if (model->acts_memory != NULL && B <= model->max_batch && T <= model->max_seq) { return; }
+    free(model->acts_memory);
+    free(model->bufs_memory);
+    free(model->logits);
+    const GPT2Config *cfg = &model->config;
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    activation_sizes(sizes, *cfg, B, T);
+    size_t total = 0;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { total += sizes[i]; }
+    model->acts_memory = (float *)malloc_or_die(total * sizeof(float), "activations");
+    carve_activations(&model->acts, model->acts_memory, sizes);
+    const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
+    const size_t buf_sizes[9] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C,
+                                 (size_t)B * cfg->num_heads * T, B * C, B * K};
+    float **buf_slots[9] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
+                            &model->bufs.dfch, &model->bufs.gelu, &model->bufs.datt_row,
+                            &model->bufs.dpooled, &model->bufs.dlogits};
+    size_t buf_total = 0;
+    for (int i = 0; i < 9; i++) { buf_total += buf_sizes[i]; }
+    model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
+    float *p = model->bufs_memory;
+    for (int i = 0; i < 9; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
+    model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
+    model->max_batch = B;
+    model->max_seq = T;
+}
+
+// Checks a batch against the model; names the problem on failure.
+static void validate_batch(const GPT2 *model, const Batch *batch) {
+    const GPT2Config *cfg = &model->config;
+    if (batch->B < 1) { fail("batch size must be >= 1 (got %d)", batch->B); }
+    if (batch->T < 1 || batch->T > cfg->max_seq_len) {
+        fail("sequence length %d is out of range 1..%d (the model's positions)", batch->T, cfg->max_seq_len);
+    }
+    for (int b = 0; b < batch->B; b++) {
+        if (batch->lengths[b] < 1 || batch->lengths[b] > batch->T) {
+            fail("sequence %d has length %d, out of range 1..%d", b, batch->lengths[b], batch->T);
+        }
+        for (int t = 0; t < batch->T; t++) {
+            const int token = batch->tokens[b * batch->T + t];
+            if (token < 0 || token >= cfg->vocab_size) {
+                fail("token id %d at sequence %d position %d is out of range 0..%d", token, b, t, cfg->vocab_size - 1);
+            }
+        }
+        if (cfg->num_labels >= 2 && batch->labels != NULL &&
+            (batch->labels[b] < 0 || batch->labels[b] >= cfg->num_labels)) {
+            fail("label %d of sequence %d is out of range 0..%d", batch->labels[b], b, cfg->num_labels - 1);
+        }
+    }
+}
+
+// Runs the model on a batch: fills model->logits (B,K). When the batch has
+// targets (labels or regression targets), also computes model->loss and
+// leaves dlogits ready for gpt2_backward, scaled by grad_scale.
+static void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
+    validate_batch(model, batch);
+    const GPT2Config *cfg = &model->config;
+    const int B = batch->B, T = batch->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
+    const size_t BT = (size_t)B * T;
+    gpt2_ensure_buffers(model, B, T);
+    model->B = B; model->T = T;
+    model->tokens = batch->tokens; model->lengths = batch->lengths;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+
+    encoder_forward(a.encoded, batch->tokens, p.wte, p.wpe, B, T, C);
+    for (int l = 0; l < cfg->num_layers; l++) {
+        const float *input = l == 0 ? a.encoded : a.residual3 + (l - 1) * BT * C;
+        float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+        float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
+        float *att = a.att + l * (size_t)B * NH * T * T;
+        float *residual2 = a.residual2 + l * BT * C;
+        float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
+        float *fch = a.fch + l * BT * 4 * C, *residual3 = a.residual3 + l * BT * C;
+        float *gelu = model->bufs.gelu;
+
+        // attention block: residual2 = input + proj(attention(LN1(input)))
+        layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, (int)BT, C);
+        fill_rows_with_bias(qkv, p.qkvb + l * 3 * C, (int)BT, 3 * C);
+        matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, (int)BT, C, 3 * C);
+        attention_forward(atty, att, qkv, B, T, C, NH);
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < BT * C; i++) { residual2[i] = input[i] + p.attprojb[l * C + i % C]; }
+        matmul_forward_accumulate(residual2, atty, p.attprojw + (size_t)l * C * C, (int)BT, C, C);
+
+        // MLP block: residual3 = residual2 + proj(GELU(fc(LN2(residual2))))
+        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, (int)BT, C);
+        fill_rows_with_bias(fch, p.fcb + l * 4 * C, (int)BT, 4 * C);
+        matmul_forward_accumulate(fch, ln2, p.fcw + (size_t)l * 4 * C * C, (int)BT, C, 4 * C);
+        gelu_forward(gelu, fch, BT * 4 * C);
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < BT * C; i++) { residual3[i] = residual2[i] + p.fcprojb[l * C + i % C]; }
+        matmul_forward_accumulate(residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, (int)BT, 4 * C, C);
+    }
+    const float *final_residual = a.residual3 + (cfg->num_layers - 1) * BT * C;
+    pool_last_token_forward(a.pooled, a.lnf_mean, a.lnf_rstd, final_residual, batch->lengths,
+                            p.lnfw, p.lnfb, B, T, C);
+    classifier_forward(model->logits, a.pooled, p.score, B, C, K);
+
+    model->loss = -1.0f;
+    const int has_targets = K >= 2 ? batch->labels != NULL : batch->targets != NULL;
+    if (has_targets) {
+        for (int b = 0; b < B * K; b++) {
+            if (!isfinite(model->logits[b])) { model->loss = NAN; return; }
+        }
+        model->loss = loss_forward_backward(model->bufs.dlogits, model->logits, batch->labels,
+                                            batch->targets, B, K, grad_scale);
+    }
+}
+
+static void gpt2_zero_grad(GPT2 *model) {
+    if (model->grads_memory == NULL) {
+        model->grads_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "gradients");
+        carve_parameters(&model->grads, model->grads_memory, model->param_sizes);
+        return;
+    }
+    memset(model->grads_memory, 0, model->num_parameters * sizeof(float));
+}
+
+// Adds the gradient of the last forward's loss (times its grad_scale) to the
+// parameter gradients. Call gpt2_zero_grad before the first micro-batch.
+static void gpt2_backward(GPT2 *model) {
+    if (model->loss < 0.0f || !isfinite(model->loss)) { fail("gpt2_backward needs a forward pass with targets and a finite loss"); }
+    if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
+    const size_t BT = (size_t)B * T;
+    ParameterTensors p = model->params, g = model->grads;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs;
+
+    const float *final_residual = a.residual3 + (cfg->num_layers - 1) * BT * C;
+    classifier_backward(d.dpooled, g.score, d.dlogits, a.pooled, p.score, B, C, K);
+    memset(d.dresidual, 0, BT * C * sizeof(float));
+    pool_last_token_backward(d.dresidual, g.lnfw, g.lnfb, d.dpooled, final_residual, model->lengths,
+                             p.lnfw, a.lnf_mean, a.lnf_rstd, B, T, C);
+
+    // d.dresidual holds dL/d(output of layer l); each step turns it into
+    // dL/d(input of layer l). A residual add passes its gradient through
+    // unchanged, so the branches' input gradients are added to it in place.
+    for (int l = cfg->num_layers - 1; l >= 0; l--) {
+        const float *input = l == 0 ? a.encoded : a.residual3 + (l - 1) * BT * C;
+        const float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+        const float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
+        const float *att = a.att + l * (size_t)B * NH * T * T;
+        const float *residual2 = a.residual2 + l * BT * C;
+        const float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
+        const float *fch = a.fch + l * BT * 4 * C;
+
+        // MLP block
+        gelu_forward(d.gelu, fch, BT * 4 * C);
+        matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dresidual,
+                        d.gelu, p.fcprojw + (size_t)l * 4 * C * C, (int)BT, 4 * C, C);
+        gelu_backward_inplace(d.dfch, fch, BT * 4 * C);
+        matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
+                        ln2, p.fcw + (size_t)l * 4 * C * C, (int)BT, C, 4 * C);
+        layernorm_backward(d.dresidual, g.ln2w + l * C, g.ln2b + l * C, d.dln, residual2,
+                           p.ln2w + l * C, ln2_mean, ln2_rstd, (int)BT, C);
+
+        // attention block
+        matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dresidual,
+                        atty, p.attprojw + (size_t)l * C * C, (int)BT, C, C);
+        attention_backward(d.dqkv, d.datt_row, d.datty, qkv, att, B, T, C, NH);
+        matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
+                        ln1, p.qkvw + (size_t)l * 3 * C * C, (int)BT, C, 3 * C);
+        layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
+                           p.ln1w + l * C, ln1_mean, ln1_rstd, (int)BT, C);
+    }
+    encoder_backward(g.wte, g.wpe, d.dresidual, model->tokens, B, T, C);
+}
+
+// ----------------------------------------------------------------------------
+// Optimisation: learning-rate schedule, gradient clipping, AdamW.
+
+typedef struct {
+    float learning_rate; // peak learning rate
+    float beta1, beta2, eps;
+    float weight_decay;  // decoupled, on matrices and embeddings only
+    float max_grad_norm; // clip the global gradient norm to this; <= 0: off
+    int warmup_steps;
+    int total_steps;     // the learning rate reaches 0 here
+} OptimizerConfig;
+
+// Hugging Face's linear schedule: for update k = 0, 1, ...
+//   lr_k = lr * k / W                              k < W
+//   lr_k = lr * max(0, (N - k) / max(1, N - W))    otherwise
+static float learning_rate_at(const OptimizerConfig *opt, int step) {
+    if (step < opt->warmup_steps) { return opt->learning_rate * (float)step / (float)opt->warmup_steps; }
+    const int decay = opt->total_steps - opt->warmup_steps;
+    const float remaining = (float)(opt->total_steps - step) / (float)(decay > 1 ? decay : 1);
+    return opt->learning_rate * (remaining > 0.0f ? remaining : 0.0f);
+}
+
+// sqrt(sum g^2) over every gradient, in double. The sum runs over fixed-size
+// chunks in a fixed order, so the result does not depend on the thread count.
+static float gradient_norm(const float *grads, size_t n) {
+    const size_t chunk = 1 << 16;
+    const long num_chunks = (long)((n + chunk - 1) / chunk);
+    double *partial = (double *)malloc_or_die((size_t)num_chunks * sizeof(double), "gradient norm");
+    #pragma omp parallel for schedule(static)
+    for (long c = 0; c < num_chunks; c++) {
+        const size_t start = (size_t)c * chunk, end = start + chunk < n ? start + chunk : n;
+        double sum = 0.0;
+        for (size_t i = start; i < end; i++) { sum += (double)grads[i] * grads[i]; }
+        partial[c] = sum;
+    }
+    double total = 0.0;
+    for (long c = 0; c < num_chunks; c++) { total += partial[c]; }
+    free(partial);
+    return (float)sqrt(total);
+}
+
+// One AdamW update (torch.optim.AdamW) at update index `step` (0-based), with
+// the gradient clipped to max_grad_norm first (clip_grad_norm_), and the
+// gradients zeroed in the same pass for the next step:
+//   g = grad * min(1, max_norm / (norm + 1e-6))
+//   m = b1 m + (1 - b1) g;      v = b2 v + (1 - b2) g^2
+//   p = p - lr wd p             (decoupled weight decay, decaying tensors only)
+//   p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
+// Returns the gradient norm before clipping.
+static float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
+    if (model->grads_memory == NULL) { fail("gpt2_update needs gradients: call gpt2_backward first"); }
+    if (model->m_memory == NULL) {
+        model->m_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW m");
+        model->v_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW v");
+    }
+    const float norm = gradient_norm(model->grads_memory, model->num_parameters);
+    float clip = 1.0f;
+    if (opt->max_grad_norm > 0.0f) {
+        const float coef = opt->max_grad_norm / (norm + 1e-6f);
+        if (coef < 1.0f) { clip = coef; }
+    }
+    const float lr = learning_rate_at(opt, step);
+    const float b1 = opt->beta1, b2 = opt->beta2, eps = opt->eps;
+    const double t = (double)step + 1.0;
+    const float bias_correction1 = (float)(1.0 - pow(b1, t));
+    const float bias_correction2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+    const float step_size = lr / bias_correction1;
+    size_t offset = 0;
+    for (int tensor = 0; tensor < NUM_PARAMETER_TENSORS; tensor++) {
+        const size_t n = model->param_sizes[tensor];
+        const float decay_factor = parameter_decays[tensor] ? 1.0f - lr * opt->weight_decay : 1.0f;
+        float *restrict param = model->params_memory + offset;
+        float *restrict grad = model->grads_memory + offset;
+        float *restrict m = model->m_memory + offset;
+        float *restrict v = model->v_memory + offset;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            const float g = grad[i] * clip;
+            m[i] = b1 * m[i] + (1.0f - b1) * g;
+            v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+            const float denom = sqrtf(v[i]) / bias_correction2_sqrt + eps;
+            param[i] = param[i] * decay_factor - step_size * m[i] / denom;
+            grad[i] = 0.0f;
+        }
+        offset += n;
+    }
+    return norm;
+}
+
+static void gpt2_free(GPT2 *model) {
+    free(model->params_memory);
+    free(model->grads_memory);
+    free(model->m_memory);
+    free(model->v_memory);
+    free(model->acts_memory);
+    free(model->bufs_memory);
+    free(model->logits);
+    memset(model, 0, sizeof(*model));
+}
+
+
+// ----------------------------------------------------------------------------
+// A model from scratch, for users without pretrained weights: GPT-2's
+// initialisation, N(0, 0.02) for matrices and embeddings, residual projections
+// scaled by 1/sqrt(2 L) so the residual stream's variance does not grow with
+// depth, LayerNorm weights 1, biases 0. Named by depth as llm.c does:
+// dN = N layers, N heads, 64 N channels (d12 = GPT-2 124M).
+
+static void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq_len, uint64_t seed) {
+    memset(model, 0, sizeof(*model));
+    model->loss = -1.0f;
+    GPT2Config cfg;
+    cfg.max_seq_len = max_seq_len;
+    cfg.vocab_size = 50257;
+    cfg.padded_vocab_size = 50304;
+    cfg.num_layers = depth;
+    cfg.num_heads = depth;
+    cfg.channels = 64 * depth;
+    cfg.num_labels = num_labels;
+    validate_config(&cfg, "--init");
+    model->config = cfg;
+    gpt2_allocate_parameters(model);
+    ParameterTensors p = model->params;
+    uint64_t state = rng_seed(seed);
+    const float residual_std = 0.02f / sqrtf(2.0f * depth);
+    float *const tensors[NUM_PARAMETER_TENSORS] = {
+        p.wte, p.wpe, p.ln1w, p.ln1b, p.qkvw, p.qkvb, p.attprojw, p.attprojb, p.ln2w, p.ln2b,
+        p.fcw, p.fcb, p.fcprojw, p.fcprojb, p.lnfw, p.lnfb, p.score};
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        const int is_layernorm_weight = tensors[i] == p.ln1w || tensors[i] == p.ln2w || tensors[i] == p.lnfw;
+        const float std = tensors[i] == p.attprojw || tensors[i] == p.fcprojw ? residual_std : 0.02f;
+        for (size_t j = 0; j < model->param_sizes[i]; j++) {
+            if (parameter_decays[i]) { tensors[i][j] = std * rng_normal(&state); }
+            else { tensors[i][j] = is_layernorm_weight ? 1.0f : 0.0f; }
+        }
+    }
+    // rows past the real vocabulary are never looked up; keep them zero
+    memset(p.wte + (size_t)cfg.vocab_size * cfg.channels, 0,
+           (size_t)(cfg.padded_vocab_size - cfg.vocab_size) * cfg.channels * sizeof(float));
+}
+
+// ----------------------------------------------------------------------------
+// Tokenized datasets, as written by prepro_imdb.py (format in README):
+// a 1024-byte header, then per example an int64 offset, int32 length, int32
+// label and int32 star rating (struct of arrays), then uint16 token ids.
+
+#define DATA_MAGIC 20261127
+#define DATA_VERSION 1
+#define DATA_HEADER_BYTES 1024
+
+typedef struct {
+    const char *path;
+    MappedFile file;
+    int num_labels;          // 0 for unlabelled data
+    int64_t num_examples;
+    int64_t num_tokens;
+    const int64_t *offsets;  // (N) start of each example in tokens
+    const int32_t *lengths;  // (N)
+    const int32_t *labels;   // (N) 0..num_labels-1, or -1 when unlabelled
+    const int32_t *stars;    // (N) 1..10, 0 when unknown
+    const uint16_t *tokens;  // (num_tokens)
+} Dataset;
+
+// Maps and validates a dataset completely before training starts.
+static void dataset_open(Dataset *d, const char *path, int vocab_size) {
+    memset(d, 0, sizeof(*d));
+    d->path = path;
+    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+    if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
+    const unsigned char *h = d->file.data;
+    if (d->file.size < DATA_HEADER_BYTES) { fail("%s: file is %zu bytes, too small for a dataset header", path, d->file.size); }
+    if (read_i32(h) != DATA_MAGIC) { fail("%s: bad magic number %d: not a dataset made by prepro_imdb.py", path, read_i32(h)); }
+    if (read_i32(h + 4) != DATA_VERSION) { fail("%s: dataset version %d is not supported (need %d)", path, read_i32(h + 4), DATA_VERSION); }
+    d->num_labels = read_i32(h + 8);
+    const int file_vocab = read_i32(h + 12);
+    d->num_examples = read_i64(h + 16);
+    d->num_tokens = read_i64(h + 24);
+    if (d->num_labels < 0 || d->num_labels > 65536) { fail("%s: num_labels %d is out of range", path, d->num_labels); }
+    if (file_vocab != vocab_size) { fail("%s: tokenized for vocabulary size %d, the model has %d", path, file_vocab, vocab_size); }
+    if (d->num_examples < 1) { fail("%s: the dataset has no examples", path); }
+    const int64_t max_bytes = (int64_t)(d->file.size < (size_t)INT64_MAX ? d->file.size : (size_t)INT64_MAX);
+    if (d->num_examples > max_bytes / 20 || d->num_tokens < 0 || d->num_tokens > max_bytes / 2) {
+        fail("%s: header counts (%lld examples, %lld tokens) do not fit the file size %zu", path,
+             (long long)d->num_examples, (long long)d->num_tokens, d->file.size);
+    }
+    const size_t expected = DATA_HEADER_BYTES + 20 * (size_t)d->num_examples + 2 * (size_t)d->num_tokens;
+    if (d->file.size != expected) {
+        fail("%s: file is %zu bytes but its header describes %zu bytes (truncated or corrupt)", path, d->file.size, expected);
+    }
+    const size_t N = (size_t)d->num_examples;
+    d->offsets = (const int64_t *)(h + DATA_HEADER_BYTES);
+    d->lengths = (const int32_t *)(h + DATA_HEADER_BYTES + 8 * N);
+    d->labels = (const int32_t *)(h + DATA_HEADER_BYTES + 12 * N);
+    d->stars = (const int32_t *)(h + DATA_HEADER_BYTES + 16 * N);
+    d->tokens = (const uint16_t *)(h + DATA_HEADER_BYTES + 20 * N);
+    int64_t next = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (d->offsets[i] != next) { fail("%s: example %zu starts at token %lld, expected %lld", path, i, (long long)d->offsets[i], (long long)next); }
+        if (d->lengths[i] < 1 || d->lengths[i] > d->num_tokens - next) { fail("%s: example %zu has bad length %d", path, i, d->lengths[i]); }
+        const int label = d->labels[i];
+        if (d->num_labels > 0 ? (label < 0 || label >= d->num_labels) : label != -1) {
+            fail("%s: example %zu has label %d, out of range for %d labels", path, i, label, d->num_labels);
+        }
+        next += d->lengths[i];
+    }
+    if (next != d->num_tokens) { fail("%s: examples cover %lld tokens, header says %lld", path, (long long)next, (long long)d->num_tokens); }
+    for (int64_t i = 0; i < d->num_tokens; i++) {
+        if (d->tokens[i] >= vocab_size) { fail("%s: token %lld has id %d, out of range for vocabulary %d", path, (long long)i, d->tokens[i], vocab_size); }
+    }
+}
+
+static void dataset_close(Dataset *d) { unmap_file(&d->file); }
+
+// Long reviews are cut to max_len tokens. Keeping the head and the tail (a
+// quarter and three quarters) works best for BERT on IMDB (Sun et al. 2019).
+typedef enum { TRUNCATE_HEAD, TRUNCATE_TAIL, TRUNCATE_HEAD_TAIL } Truncation;
+
+static int truncated_length(int length, int max_len) { return length < max_len ? length : max_len; }
+
+// Copies example i, truncated, into dst; returns its length.
+static int copy_example(int *dst, const Dataset *d, int64_t i, int max_len, Truncation how) {
+    const uint16_t *src = d->tokens + d->offsets[i];
+    const int length = d->lengths[i];
+    if (length <= max_len) {
+        for (int t = 0; t < length; t++) { dst[t] = src[t]; }
+        return length;
+    }
+    const int head = how == TRUNCATE_HEAD ? max_len : how == TRUNCATE_TAIL ? 0 : max_len / 4;
+    const int tail = max_len - head;
+    for (int t = 0; t < head; t++) { dst[t] = src[t]; }
+    for (int t = 0; t < tail; t++) { dst[head + t] = src[length - tail + t]; }
+    return max_len;
+}
+
+// Gathers examples idx[0..B) into a batch padded to its longest sequence.
+// Returns the number of padded (computed but unused) positions.
+static long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B, int max_len,
+                       Truncation how, int regression) {
+    int T = 1;
+    for (int b = 0; b < B; b++) {
+        const int len = truncated_length(d->lengths[idx[b]], max_len);
+        if (len > T) { T = len; }
+    }
+    batch->B = B;
+    batch->T = T;
+    long padding = 0;
+    for (int b = 0; b < B; b++) {
+        int *row = batch->tokens + (size_t)b * T;
+        const int len = copy_example(row, d, idx[b], max_len, how);
+        for (int t = len; t < T; t++) { row[t] = 50256; } // <|endoftext|>; any id would do
+        batch->lengths[b] = len;
+        padding += T - len;
+        if (regression) { batch->targets[b] = (float)d->stars[idx[b]]; }
+        else { batch->labels[b] = d->labels[idx[b]]; }
+    }
+    return padding;
+}
+
+static Batch batch_alloc(int B, int max_len) {
+    Batch batch;
+    batch.B = B;
+    batch.T = max_len;
+    batch.tokens = (int *)malloc_or_die((size_t)B * max_len * sizeof(int), "batch tokens");
+    batch.lengths = (int *)malloc_or_die((size_t)B * sizeof(int), "batch lengths");
+    batch.labels = (int *)malloc_or_die((size_t)B * sizeof(int), "batch labels");
+    batch.targets = (float *)malloc_or_die((size_t)B * sizeof(float), "batch targets");
+    return batch;
+}
+
+static void batch_free(Batch *batch) {
+    free(batch->tokens); free(batch->lengths); free(batch->labels); free(batch->targets);
+}
+
+// Length grouping, like Hugging Face's group_by_length: shuffle, cut into
+// mega-batches of 50 batches, sort each by length so a batch holds sequences
+// of similar length (little padding), then shuffle the order of the batches.
+// order (N) receives example indices; batches are consecutive runs of B.
+static void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
+    const int64_t N = d->num_examples;
+    uint64_t state = rng_seed(seed * 1000003ULL + (uint64_t)epoch);
+    for (int64_t i = 0; i < N; i++) { order[i] = i; }
+    for (int64_t i = N - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng_next(&state) % (uint64_t)(i + 1));
+        const int64_t tmp = order[i]; order[i] = order[j]; order[j] = tmp;
+    }
+    const int64_t mega = (int64_t)B * 50;
+    for (int64_t start = 0; start < N; start += mega) {
+        const int64_t end = start + mega < N ? start + mega : N;
+        for (int64_t i = start + 1; i < end; i++) { // insertion sort, longest first
+            const int64_t x = order[i];
+            const int len = truncated_length(d->lengths[x], max_len);
+            int64_t j = i - 1;
+            while (j >= start && truncated_length(d->lengths[order[j]], max_len) < len) { order[j + 1] = order[j]; j--; }
+            order[j + 1] = x;
+        }
+    }
+    const int64_t num_batches = N / B; // full batches only; a ragged tail is dropped
+    for (int64_t i = num_batches - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng_next(&state) % (uint64_t)(i + 1));
+        for (int b = 0; b < B; b++) {
+            const int64_t tmp = order[i * B + b]; order[i * B + b] = order[j * B + b]; order[j * B + b] = tmp;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Evaluation: loss, accuracy, precision / recall / F1 and the confusion matrix.
+
+typedef struct {
+    int64_t examples;
+    double loss;          // mean over examples
+    double accuracy;
+    int num_classes;      // 2 for regression (sentiment from predicted stars)
+    int64_t *confusion;   // (num_classes, num_classes): row = true, column = predicted
+} EvalResult;
+
+// Index of the largest logit; for regression (K == 1) the sentiment implied by
+// the predicted star rating: positive when above 5.5 (IMDB: pos = 7..10).
+static int predicted_class(const float *logits, int K) {
+    if (K == 1) { return logits[0] > 5.5f; }
+    int best = 0;
+    for (int k = 1; k < K; k++) { if (logits[k] > logits[best]) { best = k; } }
+    return best;
+}
+
+static int true_class(const Dataset *d, int64_t i, int regression) {
+    return regression ? d->stars[i] >= 7 : d->labels[i];
+}
+
+// Runs the first `max_examples` (all when <= 0) of a fixed random order of the
+// dataset through the model. Examples are sorted by length for little padding.
+static EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, int max_len,
+                           Truncation how, int regression, uint64_t seed) {
+    const int K = model->config.num_labels;
+    int64_t n = d->num_examples;
+    if (max_examples > 0 && max_examples < n) { n = max_examples; }
+    int64_t *order = (int64_t *)malloc_or_die((size_t)d->num_examples * sizeof(int64_t), "eval order");
+    uint64_t state = rng_seed(seed ^ 0xE7A1ULL);
+    for (int64_t i = 0; i < d->num_examples; i++) { order[i] = i; }
+    for (int64_t i = d->num_examples - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng_next(&state) % (uint64_t)(i + 1));
+        const int64_t tmp = order[i]; order[i] = order[j]; order[j] = tmp;
+    }
+    for (int64_t i = 1; i < n; i++) { // insertion sort of the subset by length
+        const int64_t x = order[i];
+        int64_t j = i - 1;
+        while (j >= 0 && d->lengths[order[j]] > d->lengths[x]) { order[j + 1] = order[j]; j--; }
+        order[j + 1] = x;
+    }
+    EvalResult r;
+    memset(&r, 0, sizeof(r));
+    r.num_classes = regression ? 2 : K;
+    r.confusion = (int64_t *)calloc_or_die((size_t)r.num_classes * r.num_classes, sizeof(int64_t), "confusion");
+    Batch batch = batch_alloc(B, max_len);
+    double loss_sum = 0.0;
+    int64_t correct = 0;
+    for (int64_t start = 0; start < n; start += B) {
+        const int b_count = (int)(n - start < B ? n - start : B);
+        fill_batch(&batch, d, order + start, b_count, max_len, how, regression);
+        gpt2_forward(model, &batch, 1.0f);
+        loss_sum += (double)model->loss * b_count;
+        for (int b = 0; b < b_count; b++) {
+            const int pred = predicted_class(model->logits + b * K, K);
+            const int truth = true_class(d, order[start + b], regression);
+            r.confusion[truth * r.num_classes + pred]++;
+            correct += pred == truth;
+        }
+    }
+    batch_free(&batch);
+    free(order);
+    r.examples = n;
+    r.loss = loss_sum / n;
+    r.accuracy = (double)correct / n;
+    return r;
+}
+
+// Precision, recall and F1 of each class, and the confusion matrix.
+static void print_eval_details(const EvalResult *r) {
+    const int K = r->num_classes;
+    double macro_f1 = 0.0;
+    for (int k = 0; k < K; k++) {
+        int64_t tp = r->confusion[k * K + k], predicted = 0, actual = 0;
+        for (int j = 0; j < K; j++) { predicted += r->confusion[j * K + k]; actual += r->confusion[k * K + j]; }
+        const double precision = predicted ? (double)tp / predicted : 0.0;
+        const double recall = actual ? (double)tp / actual : 0.0;
+        const double f1 = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0.0;
+        macro_f1 += f1 / K;
+        printf("  class %d: precision %.4f recall %.4f F1 %.4f (%lld examples)\n", k, precision, recall, f1, (long long)actual);
+    }
+    printf("  macro F1 %.4f\n  confusion matrix (rows: true class, columns: predicted):\n", macro_f1);
+    for (int k = 0; k < K; k++) {
+        printf("   ");
+        for (int j = 0; j < K; j++) { printf(" %8lld", (long long)r->confusion[k * K + j]); }
+        printf("\n");
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Training state for --resume: the AdamW moments and the step, beside the
+// checkpoint in PATH.state (format in README). Written before the checkpoint,
+// each to a temporary name then renamed; both record the step so a pair from
+// different moments is refused.
+
+#define STATE_MAGIC 20261130
+#define STATE_VERSION 1
+
+typedef struct {
+    int step;          // optimizer updates done
+    int total_steps;
+    int batch_size, grad_accum, max_len;
+    uint64_t seed;
+} RunIdentity;
+
+static char *path_with_suffix(const char *path, const char *suffix) {
+    const size_t n = strlen(path) + strlen(suffix) + 1;
+    char *s = (char *)malloc_or_die(n, "path");
+    snprintf(s, n, "%s%s", path, suffix);
+    return s;
+}
+
+static void write_file_atomically(const char *path, const void *header, size_t header_bytes,
+                                  const float *a, const float *b, size_t n) {
+    char *tmp_path = path_with_suffix(path, ".tmp");
+    FILE *f = fopen(tmp_path, "wb");
+    if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
+    int ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
+             (a == NULL || fwrite(a, sizeof(float), n, f) == n) &&
+             (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
+    if (rename(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
+    free(tmp_path);
+}
+
+static void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
+    int32_t header[HEADER_INTS];
+    memset(header, 0, sizeof(header));
+    header[0] = STATE_MAGIC; header[1] = STATE_VERSION;
+    header[2] = run->step; header[3] = run->total_steps;
+    header[4] = run->batch_size; header[5] = run->grad_accum; header[6] = run->max_len;
+    const uint64_t n = model->num_parameters;
+    memcpy(header + 8, &n, 8);
+    memcpy(header + 10, &run->seed, 8);
+    char *path = path_with_suffix(checkpoint_path, ".state");
+    write_file_atomically(path, header, sizeof(header), model->m_memory, model->v_memory, model->num_parameters);
+    free(path);
+}
+
+static void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
+    char *path = path_with_suffix(checkpoint_path, ".state");
+    MappedFile f;
+    if (map_file(&f, path) != 0) { fail("cannot open %s to resume: %s", path, strerror(errno)); }
+    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != STATE_MAGIC || read_i32(f.data + 4) != STATE_VERSION) {
+        fail("%s: not a version %d training state", path, STATE_VERSION);
+    }
+    uint64_t n, seed;
+    memcpy(&n, f.data + 32, 8);
+    memcpy(&seed, f.data + 40, 8);
+    const int step = read_i32(f.data + 8);
+    if (n != model->num_parameters || f.size != HEADER_INTS * 4 + 2 * n * sizeof(float)) {
+        fail("%s: size does not match the checkpoint's %zu parameters", path, model->num_parameters);
+    }
+    if (step != checkpoint_step) { fail("%s: state of step %d does not belong to the checkpoint of step %d", path, step, checkpoint_step); }
+    if (read_i32(f.data + 12) != run->total_steps || read_i32(f.data + 16) != run->batch_size ||
+        read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || seed != run->seed) {
+        fail("%s: --resume needs the same --epochs/--max-steps, --batch-size, --grad-accum, --max-len and --seed as the saved run", path);
+    }
+    model->m_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW m");
+    model->v_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW v");
+    memcpy(model->m_memory, f.data + HEADER_INTS * 4, n * sizeof(float));
+    memcpy(model->v_memory, f.data + HEADER_INTS * 4 + n * sizeof(float), n * sizeof(float));
+    unmap_file(&f);
+    free(path);
+}
+
+// ----------------------------------------------------------------------------
+// Command line.
+
+typedef struct {
+    const char *model_path;   // -m: llm.c or fine-tuned checkpoint
+    int init_depth;           // --init dN: a model from scratch instead (0: off)
+    const char *train_path, *test_path, *save_path, *resume_path, *predict_path, *output_path;
+    int num_labels;           // 0: from the training data
+    int regression;           // --task regression: predict the star rating
+    int max_len;
+    Truncation truncation;
+    int batch_size, grad_accum, epochs, max_steps;
+    OptimizerConfig opt;
+    float warmup_ratio;
+    uint64_t seed;
+    int log_every, eval_every, eval_examples, save_every, threads;
+} Args;
+
+static void print_usage(void) {
+    printf(
+        "usage: train_gpt2_sft [options]\n"
+        "Fine-tunes GPT-2 as a sequence classifier on a dataset made by prepro_imdb.py.\n\n"
+        "model\n"
+        "  -m, --model PATH        llm.c GPT-2 checkpoint or fine-tuned checkpoint [gpt2_124M.bin]\n"
+        "  --init dN               train from scratch: N layers, 64N channels (d12 = 124M shapes)\n"
+        "  --num-labels K          classes for a new head [from the training data]\n"
+        "  --task classify|regression   regression predicts the star rating (MSE) [classify]\n"
+        "data\n"
+        "  --train PATH            training data [data/imdb/imdb_train.bin]\n"
+        "  --test PATH             evaluation data [data/imdb/imdb_test.bin]\n"
+        "  --max-len N             truncate to N tokens, at most the model's positions [512]\n"
+        "  --truncation head|tail|head+tail   which part of a long text to keep [head]\n"
+        "training (Hugging Face Trainer defaults)\n"
+        "  --epochs N [3]   --max-steps N (overrides epochs) [0]\n"
+        "  --batch-size B [8]   --grad-accum N [1]\n"
+        "  --lr F [5e-5]   --warmup-steps N [0]   --warmup-ratio F [0]\n"
+        "  --weight-decay F [0]   --max-grad-norm F (0: off) [1]\n"
+        "  --beta1 F [0.9]   --beta2 F [0.999]   --eps F [1e-8]   --seed N [1337]\n"
+        "output\n"
+        "  --log-every N [10]   --eval-every N steps (0: only at the end) [0]\n"
+        "  --eval-examples N   examples for the periodic evaluations [1000]\n"
+        "  --save PATH   --save-every N steps [0: only at the end]\n"
+        "  --resume PATH           continue a run saved with --save PATH\n"
+        "  --predict PATH --output FILE   write predictions for a dataset and exit\n"
+        "  --threads N             OpenMP threads [all cores]\n");
+}
+
+static long parse_long(const char *flag, const char *value, long lo, long hi) {
+    char *end;
+    errno = 0;
+    const long v = strtol(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0') { fail("%s: '%s' is not an integer", flag, value); }
+    if (v < lo || v > hi) { fail("%s: %ld is out of range %ld..%ld", flag, v, lo, hi); }
+    return v;
+}
+
+static float parse_float(const char *flag, const char *value, double lo, double hi) {
+    char *end;
+    errno = 0;
+    const double v = strtod(value, &end);
+    if (errno != 0 || end == value || *end != '\0' || !isfinite(v)) { fail("%s: '%s' is not a number", flag, value); }
+    if (v < lo || v > hi) { fail("%s: %g is out of range %g..%g", flag, v, lo, hi); }
+    return (float)v;
+}
+
+static void parse_args(Args *a, int argc, char **argv) {
+    memset(a, 0, sizeof(*a));
+    a->model_path = "gpt2_124M.bin";
+    a->train_path = "data/imdb/imdb_train.bin";
+    a->test_path = "data/imdb/imdb_test.bin";
+    a->max_len = 512;
+    a->truncation = TRUNCATE_HEAD;
+    a->batch_size = 8; a->grad_accum = 1; a->epochs = 3;
+    a->opt.learning_rate = 5e-5f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
+    a->opt.max_grad_norm = 1.0f;
+    a->seed = 1337;
+    a->log_every = 10; a->eval_examples = 1000;
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        if (strcmp(flag, "-h") == 0 || strcmp(flag, "--help") == 0) { print_usage(); exit(0); }
+        if (i + 1 >= argc) { fail("%s: missing value (see --help)", flag); }
+        const char *v = argv[++i];
+        if (strcmp(flag, "-m") == 0 || strcmp(flag, "--model") == 0) { a->model_path = v; }
+        else if (strcmp(flag, "--init") == 0) {
+            if (v[0] != 'd') { fail("--init: '%s' is not a depth like d4 or d12", v); }
+            a->init_depth = (int)parse_long(flag, v + 1, 1, 48);
+        }
+        else if (strcmp(flag, "--num-labels") == 0) { a->num_labels = (int)parse_long(flag, v, 2, 65536); }
+        else if (strcmp(flag, "--task") == 0) {
+            if (strcmp(v, "classify") == 0) { a->regression = 0; }
+            else if (strcmp(v, "regression") == 0) { a->regression = 1; }
+            else { fail("--task: '%s' is not classify or regression", v); }
+        }
+        else if (strcmp(flag, "--train") == 0) { a->train_path = v; }
+        else if (strcmp(flag, "--test") == 0) { a->test_path = v; }
+        else if (strcmp(flag, "--max-len") == 0) { a->max_len = (int)parse_long(flag, v, 1, 1 << 20); }
+        else if (strcmp(flag, "--truncation") == 0) {
+            if (strcmp(v, "head") == 0) { a->truncation = TRUNCATE_HEAD; }
+            else if (strcmp(v, "tail") == 0) { a->truncation = TRUNCATE_TAIL; }
+            else if (strcmp(v, "head+tail") == 0) { a->truncation = TRUNCATE_HEAD_TAIL; }
+            else { fail("--truncation: '%s' is not head, tail or head+tail", v); }
+        }
+        else if (strcmp(flag, "--epochs") == 0) { a->epochs = (int)parse_long(flag, v, 1, 1000); }
+        else if (strcmp(flag, "--max-steps") == 0) { a->max_steps = (int)parse_long(flag, v, 0, 100000000); }
+        else if (strcmp(flag, "--batch-size") == 0) { a->batch_size = (int)parse_long(flag, v, 1, 4096); }
+        else if (strcmp(flag, "--grad-accum") == 0) { a->grad_accum = (int)parse_long(flag, v, 1, 4096); }
+        else if (strcmp(flag, "--lr") == 0) { a->opt.learning_rate = parse_float(flag, v, 0.0, 10.0); }
+        else if (strcmp(flag, "--warmup-steps") == 0) { a->opt.warmup_steps = (int)parse_long(flag, v, 0, 100000000); }
+        else if (strcmp(flag, "--warmup-ratio") == 0) { a->warmup_ratio = parse_float(flag, v, 0.0, 1.0); }
+        else if (strcmp(flag, "--weight-decay") == 0) { a->opt.weight_decay = parse_float(flag, v, 0.0, 10.0); }
+        else if (strcmp(flag, "--max-grad-norm") == 0) { a->opt.max_grad_norm = parse_float(flag, v, 0.0, 1e30); }
+        else if (strcmp(flag, "--beta1") == 0) { a->opt.beta1 = parse_float(flag, v, 0.0, 0.999999); }
+        else if (strcmp(flag, "--beta2") == 0) { a->opt.beta2 = parse_float(flag, v, 0.0, 0.999999999); }
+        else if (strcmp(flag, "--eps") == 0) { a->opt.eps = parse_float(flag, v, 1e-30, 1.0); }
+        else if (strcmp(flag, "--seed") == 0) { a->seed = (uint64_t)parse_long(flag, v, 0, 2147483647); }
+        else if (strcmp(flag, "--log-every") == 0) { a->log_every = (int)parse_long(flag, v, 1, 100000000); }
+        else if (strcmp(flag, "--eval-every") == 0) { a->eval_every = (int)parse_long(flag, v, 0, 100000000); }
+        else if (strcmp(flag, "--eval-examples") == 0) { a->eval_examples = (int)parse_long(flag, v, 1, 2147483647); }
+        else if (strcmp(flag, "--save") == 0) { a->save_path = v; }
+        else if (strcmp(flag, "--save-every") == 0) { a->save_every = (int)parse_long(flag, v, 0, 100000000); }
+        else if (strcmp(flag, "--resume") == 0) { a->resume_path = v; }
+        else if (strcmp(flag, "--predict") == 0) { a->predict_path = v; }
+        else if (strcmp(flag, "--output") == 0) { a->output_path = v; }
+        else if (strcmp(flag, "--threads") == 0) { a->threads = (int)parse_long(flag, v, 1, 1024); }
+        else { fail("unknown flag %s (see --help)", flag); }
+    }
+    if (a->predict_path != NULL && a->output_path == NULL) { fail("--predict needs --output FILE"); }
+    if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
+}
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void format_duration(char *out, size_t n, double seconds) {
+    const long s = (long)(seconds + 0.5);
+    if (s >= 3600) { snprintf(out, n, "%ldh%02ldm", s / 3600, (s / 60) % 60); }
+    else { snprintf(out, n, "%ldm%02lds", s / 60, s % 60); }
+}
+
+// Writes "index,true_label,predicted,p_0..p_{K-1}" (or the predicted value for
+// regression) for every example of a dataset, in file order.
+static void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
+    const int K = model->config.num_labels, B = args->batch_size;
+    char *tmp_path = path_with_suffix(args->output_path, ".tmp");
+    FILE *f = fopen(tmp_path, "w");
+    if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
+    fprintf(f, "index,label,predicted");
+    for (int k = 0; k < K; k++) { fprintf(f, K == 1 ? ",value" : ",p_%d", k); }
+    fprintf(f, "\n");
+    Batch batch = batch_alloc(B, args->max_len);
+    int64_t *idx = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "indices");
+    for (int64_t start = 0; start < d->num_examples; start += B) {
+        const int count = (int)(d->num_examples - start < B ? d->num_examples - start : B);
+        for (int b = 0; b < count; b++) { idx[b] = start + b; }
+        fill_batch(&batch, d, idx, count, args->max_len, args->truncation, args->regression);
+        Batch inputs_only = batch; // no loss: the data may be unlabelled
+        inputs_only.labels = NULL;
+        inputs_only.targets = NULL;
+        gpt2_forward(model, &inputs_only, 1.0f);
+        for (int b = 0; b < count; b++) {
+            const float *z = model->logits + b * K;
+            fprintf(f, "%lld,%d,%d", (long long)(start + b), d->labels[start + b], predicted_class(z, K));
+            if (K == 1) { fprintf(f, ",%.6f", z[0]); }
+            else {
+                float max_z = z[0];
+                for (int k = 1; k < K; k++) { if (z[k] > max_z) { max_z = z[k]; } }
+                double sum = 0.0;
+                for (int k = 0; k < K; k++) { sum += exp(z[k] - max_z); }
+                for (int k = 0; k < K; k++) { fprintf(f, ",%.6f", exp(z[k] - max_z) / sum); }
+            }
+            fprintf(f, "\n");
+        }
+    }
+    batch_free(&batch);
+    free(idx);
+    int ok = flush_to_disk(f) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp_path, args->output_path) != 0) { remove(tmp_path); fail("writing %s failed: %s", args->output_path, strerror(errno)); }
+    free(tmp_path);
+    printf("wrote predictions for %lld examples to %s\n", (long long)d->num_examples, args->output_path);
+}
+
+static void print_eval(const char *tag, int step, const EvalResult *r) {
+    printf("%s step %d: examples %lld loss %.4f accuracy %.4f\n", tag, step, (long long)r->examples, r->loss, r->accuracy);
+}
+
+static void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
+    save_training_state(model, path, run);
+    gpt2_save_checkpoint(model, path);
+    printf("saved %s (step %d)\n", path, model->step);
+}
+
+// The training loop: epochs of length-grouped batches, gradient accumulation,
+// clipping, AdamW with warmup and linear decay, periodic logs, evaluations
+// and checkpoints.
+static void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
+    const int B = args->batch_size, accum = args->grad_accum;
+    const int64_t batches_per_epoch = train_set->num_examples / B;
+    if (batches_per_epoch < accum) {
+        fail("%s: %lld examples make fewer than --grad-accum %d batches of %d", train_set->path,
+             (long long)train_set->num_examples, accum, B);
+    }
+    const int64_t steps_per_epoch = batches_per_epoch / accum;
+    const int64_t planned = args->max_steps > 0 ? args->max_steps : steps_per_epoch * args->epochs;
+    if (planned > 2147483647) { fail("--epochs %d make too many steps", args->epochs); }
+    OptimizerConfig opt = args->opt;
+    opt.total_steps = (int)planned;
+    if (args->warmup_ratio > 0.0f && opt.warmup_steps == 0) { opt.warmup_steps = (int)ceil(args->warmup_ratio * planned); }
+    RunIdentity run = {model->step, opt.total_steps, B, accum, args->max_len, args->seed};
+    if (args->resume_path != NULL) { load_training_state(model, args->resume_path, &run, model->step); }
+    printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d\n",
+           (long long)train_set->num_examples, (long long)steps_per_epoch, opt.total_steps, B, accum,
+           args->max_len, opt.learning_rate, opt.warmup_steps);
+
+    int64_t *order = (int64_t *)malloc_or_die((size_t)train_set->num_examples * sizeof(int64_t), "epoch order");
+    int order_epoch = -1;
+    Batch batch = batch_alloc(B, args->max_len);
+    const double start_time = seconds_now();
+    double log_time = start_time, log_loss = 0.0;
+    long log_tokens = 0, log_positions = 0, log_padding = 0;
+    int log_batches = 0, start_step = model->step;
+    for (int step = model->step; step < opt.total_steps; step++) {
+        for (int micro = 0; micro < accum; micro++) {
+            // micro-batch number `global` of the whole run fixes the data: a
+            // resumed run sees exactly the batches the original would have
+            const int64_t global = (int64_t)step * accum + micro;
+            const int epoch = (int)(global / (steps_per_epoch * accum));
+            const int64_t index = global % (steps_per_epoch * accum);
+            if (epoch != order_epoch) {
+                epoch_order(order, train_set, B, args->max_len, args->seed, epoch);
+                order_epoch = epoch;
+            }
+            const long padding = fill_batch(&batch, train_set, order + index * B, B, args->max_len,
+                                            args->truncation, args->regression);
+            gpt2_forward(model, &batch, 1.0f / accum);
+            if (!isfinite(model->loss)) {
+                fail("step %d: the loss is %f; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
+                     step + 1, model->loss);
+            }
+            gpt2_backward(model);
+            log_loss += model->loss;
+            log_batches++;
+            log_positions += (long)batch.B * batch.T;
+            log_padding += padding;
+            log_tokens += (long)batch.B * batch.T - padding;
+        }
+        const float lr = learning_rate_at(&opt, step);
+        const float norm = gpt2_update(model, &opt, step);
+        if (!isfinite(norm)) {
+            fail("step %d: the gradient norm is %f; stopping (the last saved checkpoint is unchanged)", step + 1, norm);
+        }
+        model->step = step + 1;
+        run.step = model->step;
+        const int done = model->step;
+        if (done % args->log_every == 0 || done == opt.total_steps) {
+            const double now = seconds_now();
+            const double elapsed = now - start_time;
+            const double eta = elapsed / (done - start_step) * (opt.total_steps - done);
+            char elapsed_s[32], eta_s[32];
+            format_duration(elapsed_s, sizeof(elapsed_s), elapsed);
+            format_duration(eta_s, sizeof(eta_s), eta);
+            printf("step %5d/%d | epoch %.2f | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | padding %.1f%% | %s elapsed, ETA %s\n",
+                   done, opt.total_steps, (double)done / steps_per_epoch, log_loss / log_batches, lr, norm,
+                   log_tokens / (now - log_time), 100.0 * log_padding / (log_positions > 0 ? log_positions : 1),
+                   elapsed_s, eta_s);
+            fflush(stdout);
+            log_time = now; log_loss = 0.0; log_tokens = 0; log_positions = 0; log_padding = 0; log_batches = 0;
+        }
+        if (args->eval_every > 0 && done % args->eval_every == 0 && done < opt.total_steps && test_set != NULL) {
+            EvalResult r = evaluate(model, test_set, args->eval_examples, B, args->max_len, args->truncation,
+                                    args->regression, args->seed);
+            print_eval("eval", done, &r);
+            free(r.confusion);
+            fflush(stdout);
+        }
+        if (args->save_every > 0 && done % args->save_every == 0 && done < opt.total_steps) {
+            save_run(model, args->save_path, &run);
+        }
+    }
+    if (args->save_path != NULL && model->step > start_step) { save_run(model, args->save_path, &run); }
+    batch_free(&batch);
+    free(order);
+}
+
+#ifndef TESTING
+int main(int argc, char **argv) {
+    Args args;
+    parse_args(&args, argc, argv);
+#ifdef _OPENMP
+    if (args.threads > 0) { omp_set_num_threads(args.threads); }
+    printf("OpenMP threads: %d\n", omp_get_max_threads());
+#else
+    if (args.threads > 1) { fprintf(stderr, "warning: built without OpenMP; --threads ignored\n"); }
+#endif
+    Dataset train_set, test_set;
+    const int training = args.predict_path == NULL;
+    int data_labels = 0;
+    if (training) {
+        dataset_open(&train_set, args.train_path, 50257);
+        data_labels = train_set.num_labels;
+        if (!args.regression && data_labels < 2) {
+            fail("%s: the data has %d labels; classification needs labelled data", args.train_path, data_labels);
+        }
+    }
+    const int num_labels = args.regression ? 1 : (args.num_labels ? args.num_labels : data_labels);
+    if (training && !args.regression && num_labels < data_labels) {
+        fail("--num-labels %d is smaller than the %d labels of %s", num_labels, data_labels, args.train_path);
+    }
+
+    GPT2 model;
+    if (args.resume_path != NULL) {
+        gpt2_build_from_checkpoint(&model, args.resume_path, num_labels, args.seed);
+        printf("resuming %s at step %d\n", args.resume_path, model.step);
+    } else if (args.init_depth > 0) {
+        gpt2_build_from_scratch(&model, args.init_depth, num_labels, args.max_len > 1024 ? args.max_len : 1024, args.seed);
+        printf("model: new d%d from scratch\n", args.init_depth);
+    } else {
+        gpt2_build_from_checkpoint(&model, args.model_path, num_labels, args.seed);
+        printf("model: %s\n", args.model_path);
+    }
+    const GPT2Config *cfg = &model.config;
+    printf("config: layers %d, heads %d, channels %d, positions %d, vocabulary %d, labels %d, parameters %.2fM\n",
+           cfg->num_layers, cfg->num_heads, cfg->channels, cfg->max_seq_len, cfg->vocab_size, cfg->num_labels,
+           model.num_parameters / 1e6);
+    if (args.max_len > cfg->max_seq_len) {
+        fail("--max-len %d exceeds the model's %d positions", args.max_len, cfg->max_seq_len);
+    }
+    if (args.regression && cfg->num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", cfg->num_labels); }
+
+    if (!training) {
+        Dataset d;
+        dataset_open(&d, args.predict_path, cfg->vocab_size);
+        write_predictions(&model, &d, &args);
+        dataset_close(&d);
+        gpt2_free(&model);
+        return 0;
+    }
+    dataset_open(&test_set, args.test_path, cfg->vocab_size);
+    train(&model, &train_set, &test_set, &args);
+    EvalResult r = evaluate(&model, &test_set, 0, args.batch_size, args.max_len, args.truncation, args.regression, args.seed);
+    print_eval_details(&r);
+    printf("final eval: examples %lld loss %.4f accuracy %.4f\n", (long long)r.examples, r.loss, r.accuracy);
+    free(r.confusion);
+    dataset_close(&train_set);
+    dataset_close(&test_set);
+    gpt2_free(&model);
+    return 0;
+}
+#endif

@@ -177,6 +177,36 @@ static void check_padding_invariance(GPT2 *model, const DebugState *s) {
     free(repadded); free(grads); free(logits);
 }
 
+// Every reduction is split into pieces that do not depend on the number of
+// threads, so one thread and many give bit-identical results (which is what
+// makes --resume exact on any machine).
+static void check_thread_invariance(GPT2 *model, const DebugState *s) {
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+    Batch batch = batch_of(s);
+    const size_t n = model->num_parameters;
+    float *grads = (float *)malloc_or_die(n * sizeof(float), "grads copy");
+    omp_set_num_threads(1);
+    gpt2_forward(model, &batch, 1.0f);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    memcpy(grads, model->grads_memory, n * sizeof(float));
+    const float loss = model->loss;
+    omp_set_num_threads(threads > 1 ? threads : 2);
+    gpt2_forward(model, &batch, 1.0f);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    const int same = loss == model->loss && memcmp(grads, model->grads_memory, n * sizeof(float)) == 0;
+    omp_set_num_threads(threads);
+    char line[128];
+    snprintf(line, sizeof(line), "threads   1 and %d threads: loss and gradients bit-identical", threads > 1 ? threads : 2);
+    report(same, line);
+    free(grads);
+#else
+    (void)model; (void)s;
+#endif
+}
+
 // The loss trajectory of num_steps AdamW updates on the same batch, with the
 // learning rate and pre-clipping gradient norm of each update.
 static void check_training_steps(GPT2 *model, const DebugState *s) {
@@ -242,6 +272,7 @@ int main(int argc, char **argv) {
         load_model_for_state(&model, model_path, &s);
         check_forward_backward(&model, &s);
         check_padding_invariance(&model, &s);
+        check_thread_invariance(&model, &s);
         check_training_steps(&model, &s);
         check_checkpoint_round_trip(&model);
         gpt2_free(&model);

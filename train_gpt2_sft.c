@@ -244,42 +244,95 @@ static void gemm_microkernel(int kc, const float *restrict a, const float *restr
     }
 }
 
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Packing buffers, one pair per thread, allocated once and kept for the run.
+#define GEMM_WORKSPACE_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_NC * GEMM_KC)
+static float *gemm_workspace = NULL;
+static int gemm_workspace_threads = 0;
+
+// Call outside parallel regions, before any gemm.
+static void gemm_workspace_reserve(void) {
+    const int threads = max_threads();
+    if (threads <= gemm_workspace_threads) { return; }
+    free(gemm_workspace);
+    gemm_workspace = (float *)malloc_or_die(threads * GEMM_WORKSPACE_FLOATS * sizeof(float), "gemm workspace");
+    gemm_workspace_threads = threads;
+}
+
+static void gemm_workspace_release(void) {
+    free(gemm_workspace);
+    gemm_workspace = NULL;
+    gemm_workspace_threads = 0;
+}
+
+// One (rows x cols) tile of C at (row0, col0), over all of K.
+static void gemm_tile(int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate,
+                      int row0, int rows, int col0, int cols) {
+    float *a_panel = gemm_workspace + (size_t)thread_id() * GEMM_WORKSPACE_FLOATS;
+    float *b_panel = a_panel + (size_t)GEMM_MC * GEMM_KC;
+    for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+        const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+        pack_a(a_panel, a, row0, rows, k0, kc);
+        pack_b(b_panel, b, col0, cols, k0, kc);
+        const int add = accumulate || k0 > 0;
+        for (int j = 0; j < cols; j += GEMM_NR) {
+            for (int i = 0; i < rows; i += GEMM_MR) {
+                gemm_microkernel(kc, a_panel + (size_t)i * kc, b_panel + (size_t)j * kc,
+                                 c + (long)(row0 + i) * ldc + col0 + j, ldc,
+                                 rows - i < GEMM_MR ? rows - i : GEMM_MR,
+                                 cols - j < GEMM_NR ? cols - j : GEMM_NR, add);
+            }
+        }
+    }
+}
+
+static void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
+    if (accumulate) { return; }
+    for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); }
+}
+
+// gemm on the calling thread alone, for use inside parallel loops.
+static void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b,
+                        float *c, long ldc, int accumulate) {
+    if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
+    for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
+        for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
+            gemm_tile(K, a, b, c, ldc, accumulate, row0, M - row0 < GEMM_MC ? M - row0 : GEMM_MC,
+                      col0, N - col0 < GEMM_NC ? N - col0 : GEMM_NC);
+        }
+    }
+}
+
+// gemm with the tiles shared among the threads. Not for use inside a
+// parallel region (use gemm_serial there).
 static void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
                  float *c, long ldc, int accumulate) {
     if (M <= 0 || N <= 0) { return; }
-    if (K <= 0) {
-        if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
-        return;
-    }
+    if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
+    gemm_workspace_reserve();
     const int row_tiles = (M + GEMM_MC - 1) / GEMM_MC;
     const int col_tiles = (N + GEMM_NC - 1) / GEMM_NC;
-    #pragma omp parallel
-    {
-        float *a_panel = (float *)malloc_or_die(sizeof(float) * GEMM_MC * GEMM_KC, "gemm panel");
-        float *b_panel = (float *)malloc_or_die(sizeof(float) * GEMM_NC * GEMM_KC, "gemm panel");
-        #pragma omp for schedule(dynamic, 1)
-        for (int tile = 0; tile < row_tiles * col_tiles; tile++) {
-            const int row0 = (tile / col_tiles) * GEMM_MC;
-            const int col0 = (tile % col_tiles) * GEMM_NC;
-            const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
-            const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
-            for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
-                const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
-                pack_a(a_panel, a, row0, rows, k0, kc);
-                pack_b(b_panel, b, col0, cols, k0, kc);
-                const int add = accumulate || k0 > 0;
-                for (int j = 0; j < cols; j += GEMM_NR) {
-                    for (int i = 0; i < rows; i += GEMM_MR) {
-                        gemm_microkernel(kc, a_panel + (size_t)i * kc, b_panel + (size_t)j * kc,
-                                         c + (long)(row0 + i) * ldc + col0 + j, ldc,
-                                         rows - i < GEMM_MR ? rows - i : GEMM_MR,
-                                         cols - j < GEMM_NR ? cols - j : GEMM_NR, add);
-                    }
-                }
-            }
-        }
-        free(a_panel);
-        free(b_panel);
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int tile = 0; tile < row_tiles * col_tiles; tile++) {
+        const int row0 = (tile / col_tiles) * GEMM_MC;
+        const int col0 = (tile % col_tiles) * GEMM_NC;
+        gemm_tile(K, a, b, c, ldc, accumulate, row0, M - row0 < GEMM_MC ? M - row0 : GEMM_MC,
+                  col0, N - col0 < GEMM_NC ? N - col0 : GEMM_NC);
     }
 }
 
@@ -430,88 +483,92 @@ static void matmul_backward(float *dinp, float *dweight, float *dbias, const flo
 }
 
 // Causal multi-head self-attention, NH heads of size hs = C/NH.
-// qkv (B,T,3C) holds [q | k | v] for each position. For query position t:
-//   att[b,h,t,u] = softmax_u( q_t . k_u / sqrt(hs) ),  u <= t
-//   out[b,t,h*hs:(h+1)*hs] = sum_u att[b,h,t,u] v_u
-// att (B,NH,T,T) keeps the probabilities for the backward pass; entries u > t
-// are never read. Position t never sees u > t, so right-padding cannot change
-// any real position's output.
+// qkv (B,T,3C) holds [q | k | v] for each position. For each (b, h):
+//   S = Q K^T / sqrt(hs)                    (T,T), only u <= t is used
+//   P[t,u] = softmax_u(S[t,:u+1])           zero for u > t (causal mask)
+//   O = P V                                 (T,hs), written to out[b,:,h*hs:(h+1)*hs]
+// att (B,NH,T,T) keeps P for the backward pass. Position t never sees u > t,
+// so right-padding cannot change any real position's output.
+// Queries go in blocks of ATTENTION_BLOCK rows; block [r0,r1) needs keys
+// 0..r1-1 only, which skips most of the masked upper triangle. Each product is
+// a small matrix multiplication run by one thread; threads split the (b, h).
+#define ATTENTION_BLOCK 64
+
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(3) schedule(static)
+    const long row = 3L * C; // distance between positions in qkv
+    gemm_workspace_reserve();
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                float *att_row = att + (((size_t)b * NH + h) * T + t) * T;
-                float max_score = -FLT_MAX;
-                for (int u = 0; u <= t; u++) {
-                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
-                    float dot = 0.0f;
-                    for (int i = 0; i < hs; i++) { dot += q[i] * k[i]; }
-                    dot *= scale;
-                    att_row[u] = dot;
-                    if (dot > max_score) { max_score = dot; }
+            const float *q = qkv + (size_t)b * T * row + h * hs, *k = q + C, *v = q + 2 * C;
+            float *p = att + ((size_t)b * NH + h) * T * T;
+            float *o = out + (size_t)b * T * C + h * hs;
+            for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
+                const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T;
+                const StridedMatrix q_block = {q + r0 * row, row, 1}, k_transposed = {k, 1, row};
+                gemm_serial(r1 - r0, r1, hs, q_block, k_transposed, p + (size_t)r0 * T, T, 0);
+                for (int t = r0; t < r1; t++) {
+                    float *p_row = p + (size_t)t * T;
+                    float max_score = -FLT_MAX;
+                    for (int u = 0; u <= t; u++) { p_row[u] *= scale; if (p_row[u] > max_score) { max_score = p_row[u]; } }
+                    float sum = 0.0f;
+                    for (int u = 0; u <= t; u++) { p_row[u] = expf(p_row[u] - max_score); sum += p_row[u]; }
+                    const float inv_sum = 1.0f / sum;
+                    for (int u = 0; u <= t; u++) { p_row[u] *= inv_sum; }
+                    for (int u = t + 1; u < r1; u++) { p_row[u] = 0.0f; }
                 }
-                float sum = 0.0f;
-                for (int u = 0; u <= t; u++) {
-                    const float e = expf(att_row[u] - max_score);
-                    att_row[u] = e;
-                    sum += e;
-                }
-                const float inv_sum = 1.0f / sum;
-                for (int u = 0; u <= t; u++) { att_row[u] *= inv_sum; }
-                float *o = out + ((size_t)b * T + t) * C + h * hs;
-                for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
-                for (int u = 0; u <= t; u++) {
-                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    const float a = att_row[u];
-                    for (int i = 0; i < hs; i++) { o[i] += a * v[i]; }
-                }
+                const StridedMatrix p_block = {p + (size_t)r0 * T, T, 1}, v_all = {v, row, 1};
+                gemm_serial(r1 - r0, hs, r1, p_block, v_all, o + (size_t)r0 * C, C, 0);
             }
         }
     }
 }
 
-// Backward of attention for one (b, h), walking query positions t:
-//   dv_u   += att[t,u] * dout_t
-//   datt_u  = dout_t . v_u
-//   dpre_u  = att[t,u] * (datt_u - sum_w att[t,w] datt_w)     (softmax backward)
-//   dq_t   += dpre_u * k_u / sqrt(hs);   dk_u += dpre_u * q_t / sqrt(hs)
-// dqkv (B,T,3C) is overwritten. scratch holds one row of datt per (b, h).
+// Backward of attention for one (b, h), from dO = dL/dO (T,hs):
+//   dV  = P^T dO
+//   dP  = dO V^T
+//   dS  = P * (dP - rowsum(P * dP))        (softmax backward; * is elementwise)
+//   dQ  = dS K / sqrt(hs),   dK = dS^T Q / sqrt(hs)
+// in the same query blocks as the forward pass. dqkv (B,T,3C) is overwritten.
+// scratch holds one (ATTENTION_BLOCK, T) block of dS per thread.
 static void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                const float *att, int B, int T, int C, int NH) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(2) schedule(static)
+    const long row = 3L * C;
+    gemm_workspace_reserve();
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
-            float *datt = scratch + ((size_t)b * NH + h) * T;
+            const float *q = qkv + (size_t)b * T * row + h * hs, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + (size_t)b * T * row + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+            const float *p = att + ((size_t)b * NH + h) * T * T;
+            const float *dO = dout + (size_t)b * T * C + h * hs;
+            float *ds = scratch + (size_t)thread_id() * ATTENTION_BLOCK * T;
             for (int t = 0; t < T; t++) {
-                float *dst = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                for (int i = 0; i < hs; i++) { dst[i] = 0.0f; dst[C + i] = 0.0f; dst[2 * C + i] = 0.0f; }
+                memset(dk + t * row, 0, (size_t)hs * sizeof(float));
+                memset(dv + t * row, 0, (size_t)hs * sizeof(float));
             }
-            for (int t = 0; t < T; t++) {
-                const float *att_row = att + (((size_t)b * NH + h) * T + t) * T;
-                const float *dy = dout + ((size_t)b * T + t) * C + h * hs;
-                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                float weighted_sum = 0.0f;
-                for (int u = 0; u <= t; u++) {
-                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    float *dv = dqkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    float dot = 0.0f;
-                    for (int i = 0; i < hs; i++) { dot += dy[i] * v[i]; dv[i] += att_row[u] * dy[i]; }
-                    datt[u] = dot;
-                    weighted_sum += att_row[u] * dot;
+            for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
+                const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T, rows = r1 - r0;
+                const StridedMatrix p_transposed = {p + (size_t)r0 * T, 1, T}, do_block = {dO + (size_t)r0 * C, C, 1};
+                gemm_serial(r1, hs, rows, p_transposed, do_block, dv, row, 1);
+                const StridedMatrix v_transposed = {v, 1, row};
+                gemm_serial(rows, r1, hs, do_block, v_transposed, ds, r1, 0);
+                for (int t = r0; t < r1; t++) {
+                    const float *p_row = p + (size_t)t * T;
+                    float *ds_row = ds + (size_t)(t - r0) * r1;
+                    float weighted_sum = 0.0f;
+                    for (int u = 0; u <= t; u++) { weighted_sum += p_row[u] * ds_row[u]; }
+                    for (int u = 0; u <= t; u++) { ds_row[u] = p_row[u] * (ds_row[u] - weighted_sum) * scale; }
+                    for (int u = t + 1; u < r1; u++) { ds_row[u] = 0.0f; }
                 }
-                for (int u = 0; u <= t; u++) {
-                    const float dpre = att_row[u] * (datt[u] - weighted_sum) * scale;
-                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
-                    float *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
-                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
-                }
+                const StridedMatrix ds_block = {ds, r1, 1}, k_all = {k, row, 1};
+                gemm_serial(rows, hs, r1, ds_block, k_all, dq + r0 * row, row, 0);
+                const StridedMatrix ds_transposed = {ds, 1, r1}, q_block = {q + r0 * row, row, 1};
+                gemm_serial(r1, hs, rows, ds_transposed, q_block, dk, row, 1);
             }
         }
     }
@@ -750,7 +807,7 @@ typedef struct {
     float *dqkv;      // (B,T,3C)
     float *dfch;      // (B,T,4C)  dL/d(GELU output), then dL/d(fch)
     float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
-    float *datt_row;  // (B,NH,T)  attention_backward's scratch
+    float *dscores;   // (threads, ATTENTION_BLOCK, T)  attention_backward's scratch
     float *dpooled;   // (B,C)
     float *dlogits;   // (B,K)
 } BackwardBuffers;
@@ -770,6 +827,7 @@ typedef struct {
     BackwardBuffers bufs;
     float *bufs_memory;
     int max_batch, max_seq;   // the sizes acts and bufs are allocated for
+    int buffer_threads;       // threads the per-thread scratch is allocated for
     float *logits;            // (B,K)
     int B, T;                 // the current batch
     const int *tokens;        // (B,T) of the current batch
@@ -934,7 +992,12 @@ static void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
 // Forward and backward passes of the whole model.
 
 static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
-    if (model->acts_memory != NULL && B <= model->max_batch && T <= model->max_seq) { return; }
+    if (model->acts_memory != NULL && B <= model->max_batch && T <= model->max_seq &&
+        max_threads() <= model->buffer_threads) { return; }
+    if (model->acts_memory != NULL) { // grow, keeping the larger of old and new sizes
+        if (model->max_batch > B) { B = model->max_batch; }
+        if (model->max_seq > T) { T = model->max_seq; }
+    }
     free(model->acts_memory);
     free(model->bufs_memory);
     free(model->logits);
@@ -947,9 +1010,9 @@ static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
     const size_t buf_sizes[9] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C,
-                                 (size_t)B * cfg->num_heads * T, B * C, B * K};
+                                 (size_t)max_threads() * ATTENTION_BLOCK * T, B * C, B * K};
     float **buf_slots[9] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
-                            &model->bufs.dfch, &model->bufs.gelu, &model->bufs.datt_row,
+                            &model->bufs.dfch, &model->bufs.gelu, &model->bufs.dscores,
                             &model->bufs.dpooled, &model->bufs.dlogits};
     size_t buf_total = 0;
     for (int i = 0; i < 9; i++) { buf_total += buf_sizes[i]; }
@@ -959,6 +1022,7 @@ static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
     model->max_batch = B;
     model->max_seq = T;
+    model->buffer_threads = max_threads();
 }
 
 // Checks a batch against the model; names the problem on failure.
@@ -1058,6 +1122,7 @@ static void gpt2_zero_grad(GPT2 *model) {
 static void gpt2_backward(GPT2 *model) {
     if (model->loss < 0.0f || !isfinite(model->loss)) { fail("gpt2_backward needs a forward pass with targets and a finite loss"); }
     if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
+    if (max_threads() > model->buffer_threads) { fail("gpt2_backward: the thread count grew after the forward pass"); }
     const GPT2Config *cfg = &model->config;
     const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
     const size_t BT = (size_t)B * T;
@@ -1096,7 +1161,7 @@ static void gpt2_backward(GPT2 *model) {
         // attention block
         matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dresidual,
                         atty, p.attprojw + (size_t)l * C * C, (int)BT, C, C);
-        attention_backward(d.dqkv, d.datt_row, d.datty, qkv, att, B, T, C, NH);
+        attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH);
         matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
                         ln1, p.qkvw + (size_t)l * 3 * C * C, (int)BT, C, 3 * C);
         layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,

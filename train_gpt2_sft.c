@@ -41,7 +41,7 @@ test_sft.c can include this file.
 // ----------------------------------------------------------------------------
 // Errors. Every failure the user can cause ends here: one line, non-zero exit.
 
-static void fail(const char *fmt, ...) {
+void fail(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
     fprintf(stderr, "error: ");
@@ -51,13 +51,13 @@ static void fail(const char *fmt, ...) {
     exit(EXIT_FAILURE);
 }
 
-static void *malloc_or_die(size_t bytes, const char *what) {
+void *malloc_or_die(size_t bytes, const char *what) {
     void *p = malloc(bytes > 0 ? bytes : 1);
     if (p == NULL) { fail("out of memory allocating %zu bytes for %s", bytes, what); }
     return p;
 }
 
-static void *calloc_or_die(size_t count, size_t size, const char *what) {
+void *calloc_or_die(size_t count, size_t size, const char *what) {
     void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
     if (p == NULL) { fail("out of memory allocating %zu x %zu bytes for %s", count, size, what); }
     return p;
@@ -86,7 +86,7 @@ typedef struct {
 } MappedFile;
 
 // Maps `path` read-only. Returns 0 on success, or -1 with errno set.
-static int map_file(MappedFile *file, const char *path) {
+int map_file(MappedFile *file, const char *path) {
     file->data = NULL; file->size = 0; file->is_mapped = 0;
 #if PLATFORM_HAS_MMAP
     int fd = open(path, O_RDONLY);
@@ -117,7 +117,7 @@ static int map_file(MappedFile *file, const char *path) {
 #endif
 }
 
-static void unmap_file(MappedFile *file) {
+void unmap_file(MappedFile *file) {
 #if PLATFORM_HAS_MMAP
     if (file->is_mapped) { munmap((void *)file->data, file->size); }
 #else
@@ -127,7 +127,7 @@ static void unmap_file(MappedFile *file) {
 }
 
 // Makes the bytes written to f durable before the file is renamed into place.
-static int flush_to_disk(FILE *f) {
+int flush_to_disk(FILE *f) {
     if (fflush(f) != 0) { return -1; }
 #if PLATFORM_HAS_MMAP
     if (fsync(fileno(f)) != 0) { return -1; }
@@ -141,15 +141,15 @@ static int flush_to_disk(FILE *f) {
 // Little-endian file access. All formats are little-endian; on a big-endian
 // host we refuse to run rather than compute with scrambled numbers.
 
-static int host_is_little_endian(void) {
+int host_is_little_endian(void) {
     const uint32_t probe = 1;
     unsigned char first;
     memcpy(&first, &probe, 1);
     return first == 1;
 }
 
-static int32_t read_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
-static int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
+int32_t read_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
+int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
 
 // ----------------------------------------------------------------------------
 // Matrix multiplication: the one kernel that does ~all of the arithmetic.
@@ -187,7 +187,7 @@ typedef struct {
 } StridedMatrix;
 
 // panel[(p*kc + k)*GEMM_MR + i] = A[row0 + p*GEMM_MR + i, k0 + k], zero past M.
-static void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, int kc) {
+void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, int kc) {
     for (int p = 0; p * GEMM_MR < rows; p++) {
         float *dst = panel + (size_t)p * kc * GEMM_MR;
         for (int i = 0; i < GEMM_MR; i++) {
@@ -203,7 +203,7 @@ static void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, in
 }
 
 // panel[(p*kc + k)*GEMM_NR + j] = B[k0 + k, col0 + p*GEMM_NR + j], zero past N.
-static void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
+void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
     for (int p = 0; p * GEMM_NR < cols; p++) {
         float *dst = panel + (size_t)p * kc * GEMM_NR;
         for (int j = 0; j < GEMM_NR; j++) {
@@ -221,7 +221,7 @@ static void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, in
 // The micro-kernel: acc (MR,NR) = sum_k a[k,:]^T b[k,:] (outer products), then
 // C[0:rows, 0:cols] = acc or += acc. The fixed-size loops let the compiler keep
 // acc in vector registers and emit one fused multiply-add per (i, j-vector).
-static void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
+void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
                              float *restrict c, long ldc, int rows, int cols, int accumulate) {
     float acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
@@ -244,7 +244,7 @@ static void gemm_microkernel(int kc, const float *restrict a, const float *restr
     }
 }
 
-static int max_threads(void) {
+int max_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else
@@ -252,7 +252,7 @@ static int max_threads(void) {
 #endif
 }
 
-static int thread_id(void) {
+int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
 #else
@@ -266,7 +266,7 @@ static float *gemm_workspace = NULL;
 static int gemm_workspace_threads = 0;
 
 // Call outside parallel regions, before any gemm.
-static void gemm_workspace_reserve(void) {
+void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
     free(gemm_workspace);
@@ -274,14 +274,14 @@ static void gemm_workspace_reserve(void) {
     gemm_workspace_threads = threads;
 }
 
-static void gemm_workspace_release(void) {
+void gemm_workspace_release(void) {
     free(gemm_workspace);
     gemm_workspace = NULL;
     gemm_workspace_threads = 0;
 }
 
 // One (rows x cols) tile of C at (row0, col0), over all of K.
-static void gemm_tile(int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate,
+void gemm_tile(int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate,
                       int row0, int rows, int col0, int cols) {
     float *a_panel = gemm_workspace + (size_t)thread_id() * GEMM_WORKSPACE_FLOATS;
     float *b_panel = a_panel + (size_t)GEMM_MC * GEMM_KC;
@@ -301,13 +301,13 @@ static void gemm_tile(int K, StridedMatrix a, StridedMatrix b, float *c, long ld
     }
 }
 
-static void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
+void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
     if (accumulate) { return; }
     for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); }
 }
 
 // gemm on the calling thread alone, for use inside parallel loops.
-static void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b,
+void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b,
                         float *c, long ldc, int accumulate) {
     if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
     for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
@@ -320,7 +320,7 @@ static void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b,
 
 // gemm with the tiles shared among the threads. Not for use inside a
 // parallel region (use gemm_serial there).
-static void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
+void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
                  float *c, long ldc, int accumulate) {
     if (M <= 0 || N <= 0) { return; }
     if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
@@ -341,7 +341,7 @@ static void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
 
 // Token and position embeddings.
 // out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]       out (B,T,C)
-static void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
+void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
                             int B, int T, int C) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++) {
@@ -357,7 +357,7 @@ static void encoder_forward(float *out, const int *tokens, const float *wte, con
 // dwte[tokens[b,t], :] += dout[b,t,:];  dwpe[t, :] += sum_b dout[b,t,:]
 // Several positions may share a token, so threads split the channels, not the
 // positions: no two threads ever write the same element.
-static void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
                              int B, int T, int C) {
     #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += 64) {
@@ -376,7 +376,7 @@ static void encoder_backward(float *dwte, float *dwpe, const float *dout, const 
 // LayerNorm over the channels of each of N rows:
 // out = (x - mean) * rstd * weight + bias,  rstd = 1/sqrt(var + 1e-5)
 // mean and rstd (N) are kept for the backward pass. Sums run in double.
-static void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -398,7 +398,7 @@ static void layernorm_forward(float *out, float *mean, float *rstd, const float 
 //   dw += sum_rows dy * xhat,   db += sum_rows dy
 //   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w
 // (the two means come from the dependence of mean and rstd on every x).
-static void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
@@ -438,7 +438,7 @@ static void layernorm_backward(float *dinp, float *dweight, float *dbias, const 
 }
 
 // Fills each of the N rows of out (N, OC) with bias (OC), or zeros without one.
-static void fill_rows_with_bias(float *out, const float *bias, int N, int OC) {
+void fill_rows_with_bias(float *out, const float *bias, int N, int OC) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * OC;
@@ -451,7 +451,7 @@ static void fill_rows_with_bias(float *out, const float *bias, int N, int OC) {
 // out (N,OC) += inp (N,C) . weight^T
 // Callers first set out to the bias (or to a residual stream plus the bias),
 // which fuses the residual add of a transformer block into the matmul.
-static void matmul_forward_accumulate(float *out, const float *inp, const float *weight,
+void matmul_forward_accumulate(float *out, const float *inp, const float *weight,
                                       int N, int C, int OC) {
     StridedMatrix a = {inp, C, 1};
     StridedMatrix w_transposed = {weight, 1, C};
@@ -462,7 +462,7 @@ static void matmul_forward_accumulate(float *out, const float *inp, const float 
 //   dinp = dout . W          (N,C)   (overwritten)
 //   dW  += dout^T . inp      (OC,C)
 //   db  += sum_rows dout     (OC)
-static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, int N, int C, int OC) {
     StridedMatrix dy = {dout, OC, 1};
     StridedMatrix w = {weight, C, 1};
@@ -494,7 +494,7 @@ static void matmul_backward(float *dinp, float *dweight, float *dbias, const flo
 // a small matrix multiplication run by one thread; threads split the (b, h).
 #define ATTENTION_BLOCK 64
 
-static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const long row = 3L * C; // distance between positions in qkv
@@ -533,7 +533,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
 //   dQ  = dS K / sqrt(hs),   dK = dS^T Q / sqrt(hs)
 // in the same query blocks as the forward pass. dqkv (B,T,3C) is overwritten.
 // scratch holds one (ATTENTION_BLOCK, T) block of dS per thread.
-static void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                const float *att, int B, int T, int C, int NH) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
@@ -577,7 +577,7 @@ static void attention_backward(float *dqkv, float *scratch, const float *dout, c
 // GELU with the tanh approximation used by GPT-2:
 // y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 #define GELU_SCALE 0.7978845608028654f
-static void gelu_forward(float *out, const float *inp, size_t n) {
+void gelu_forward(float *out, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
@@ -588,7 +588,7 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
 
 // dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 // d (n) holds dL/dy on entry and dL/dx on return.
-static void gelu_backward_inplace(float *d, const float *inp, size_t n) {
+void gelu_backward_inplace(float *d, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
@@ -603,7 +603,7 @@ static void gelu_backward_inplace(float *d, const float *inp, size_t n) {
 // the final LayerNorm. Only these B rows feed the head, so the final LayerNorm
 // is computed for them alone.
 // pooled[b,:] = LN(residual[b, lengths[b]-1, :])      pooled (B,C)
-static void pool_last_token_forward(float *pooled, float *mean, float *rstd, const float *residual,
+void pool_last_token_forward(float *pooled, float *mean, float *rstd, const float *residual,
                                     const int *lengths, const float *weight, const float *bias,
                                     int B, int T, int C) {
     for (int b = 0; b < B; b++) {
@@ -614,7 +614,7 @@ static void pool_last_token_forward(float *pooled, float *mean, float *rstd, con
 
 // The gradient reaches the residual stream only at each sequence's last real
 // position; every other position receives zero here.
-static void pool_last_token_backward(float *dresidual, float *dweight, float *dbias,
+void pool_last_token_backward(float *dresidual, float *dweight, float *dbias,
                                      const float *dpooled, const float *residual, const int *lengths,
                                      const float *weight, const float *mean, const float *rstd,
                                      int B, int T, int C) {
@@ -626,7 +626,7 @@ static void pool_last_token_backward(float *dresidual, float *dweight, float *db
 }
 
 // The classification head, no bias: logits (B,K) = pooled (B,C) . score^T (K,C).
-static void classifier_forward(float *logits, const float *pooled, const float *score, int B, int C, int K) {
+void classifier_forward(float *logits, const float *pooled, const float *score, int B, int C, int K) {
     for (int b = 0; b < B; b++) {
         for (int k = 0; k < K; k++) {
             double dot = 0.0;
@@ -637,7 +637,7 @@ static void classifier_forward(float *logits, const float *pooled, const float *
 }
 
 // dscore += dlogits^T . pooled;   dpooled = dlogits . score
-static void classifier_backward(float *dpooled, float *dscore, const float *dlogits,
+void classifier_backward(float *dpooled, float *dscore, const float *dlogits,
                                 const float *pooled, const float *score, int B, int C, int K) {
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < C; i++) {
@@ -661,7 +661,7 @@ static void classifier_backward(float *dpooled, float *dscore, const float *dlog
 //   loss = (1/B) sum_b (logit_b - y_b)^2,   dlogit_b = 2 (logit_b - y_b) / B
 // `grad_scale` multiplies dlogits (1/accumulation_steps when accumulating).
 // Returns the loss.
-static float loss_forward_backward(float *dlogits, const float *logits, const int *labels,
+float loss_forward_backward(float *dlogits, const float *logits, const int *labels,
                                    const float *targets, int B, int K, float grad_scale) {
     double total = 0.0;
     for (int b = 0; b < B; b++) {
@@ -728,7 +728,7 @@ static const char *const parameter_names[NUM_PARAMETER_TENSORS] = {
 static const int parameter_decays[NUM_PARAMETER_TENSORS] = {
     1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1};
 
-static void parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], GPT2Config cfg) {
+void parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], GPT2Config cfg) {
     const size_t L = cfg.num_layers, C = cfg.channels;
     sizes[0] = (size_t)cfg.padded_vocab_size * C;
     sizes[1] = (size_t)cfg.max_seq_len * C;
@@ -743,7 +743,7 @@ static void parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], GPT2Config cfg)
 }
 
 // Points each named tensor into one contiguous block of memory.
-static void carve_parameters(ParameterTensors *t, float *memory, const size_t sizes[NUM_PARAMETER_TENSORS]) {
+void carve_parameters(ParameterTensors *t, float *memory, const size_t sizes[NUM_PARAMETER_TENSORS]) {
     float **slots[NUM_PARAMETER_TENSORS] = {
         &t->wte, &t->wpe, &t->ln1w, &t->ln1b, &t->qkvw, &t->qkvb, &t->attprojw, &t->attprojb,
         &t->ln2w, &t->ln2b, &t->fcw, &t->fcb, &t->fcprojw, &t->fcprojb, &t->lnfw, &t->lnfb, &t->score};
@@ -774,7 +774,7 @@ typedef struct {
     float *lnf_rstd;  // (B)
 } ActivationTensors;
 
-static void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int B, int T) {
+void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int B, int T) {
     const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads;
     const size_t BT = (size_t)B * T;
     sizes[0] = BT * C;
@@ -789,7 +789,7 @@ static void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cf
     sizes[13] = (size_t)B * C; sizes[14] = B; sizes[15] = B;
 }
 
-static void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
+void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
     float **slots[NUM_ACTIVATION_TENSORS] = {
         &t->encoded, &t->ln1, &t->ln1_mean, &t->ln1_rstd, &t->qkv, &t->atty, &t->att, &t->residual2,
         &t->ln2, &t->ln2_mean, &t->ln2_rstd, &t->fch, &t->residual3, &t->pooled, &t->lnf_mean, &t->lnf_rstd};
@@ -862,28 +862,28 @@ typedef struct {
 #define HEADER_INTS 256
 
 // A small, seedable RNG (xorshift64*) so runs are reproducible everywhere.
-static uint64_t rng_next(uint64_t *state) {
+uint64_t rng_next(uint64_t *state) {
     *state ^= *state >> 12;
     *state ^= *state << 25;
     *state ^= *state >> 27;
     return *state * 0x2545F4914F6CDD1DULL;
 }
-static float rng_uniform(uint64_t *state) { // in (0, 1)
+float rng_uniform(uint64_t *state) { // in (0, 1)
     return ((float)(rng_next(state) >> 40) + 0.5f) / 16777216.0f;
 }
-static float rng_normal(uint64_t *state) { // Box-Muller
+float rng_normal(uint64_t *state) { // Box-Muller
     const float u1 = rng_uniform(state), u2 = rng_uniform(state);
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
 }
-static uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL; }
+uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL; }
 
 // The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
-static void init_classifier_head(float *score, size_t n, uint64_t seed) {
+void init_classifier_head(float *score, size_t n, uint64_t seed) {
     uint64_t state = rng_seed(seed);
     for (size_t i = 0; i < n; i++) { score[i] = 0.02f * rng_normal(&state); }
 }
 
-static void gpt2_allocate_parameters(GPT2 *model) {
+void gpt2_allocate_parameters(GPT2 *model) {
     parameter_sizes(model->param_sizes, model->config);
     model->num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { model->num_parameters += model->param_sizes[i]; }
@@ -891,23 +891,85 @@ static void gpt2_allocate_parameters(GPT2 *model) {
     carve_parameters(&model->params, model->params_memory, model->param_sizes);
 }
 
-// Checks a header's configuration; names the file and the field on failure.
-static void validate_config(const GPT2Config *cfg, const char *path) {
-    if (cfg->num_layers < 1 || cfg->num_layers > 1000) { fail("%s: num_layers %d is out of range 1..1000", path, cfg->num_layers); }
+// Checks a configuration read from a file; on failure writes why to `error`.
+int config_is_valid(const GPT2Config *cfg, char *error, size_t error_size) {
+    if (cfg->num_layers < 1 || cfg->num_layers > 1000) {
+        snprintf(error, error_size, "num_layers %d is out of range 1..1000", cfg->num_layers); return 0;
+    }
     if (cfg->num_heads < 1 || cfg->channels < 1 || cfg->channels > 65536 || cfg->channels % cfg->num_heads != 0) {
-        fail("%s: channels %d must be a positive multiple of num_heads %d", path, cfg->channels, cfg->num_heads);
+        snprintf(error, error_size, "channels %d must be a positive multiple of num_heads %d, at most 65536", cfg->channels, cfg->num_heads); return 0;
     }
-    if (cfg->max_seq_len < 1 || cfg->max_seq_len > 1 << 20) { fail("%s: max_seq_len %d is out of range", path, cfg->max_seq_len); }
-    if (cfg->vocab_size < 1 || cfg->padded_vocab_size < cfg->vocab_size || cfg->padded_vocab_size > 1 << 24) {
-        fail("%s: vocab_size %d / padded_vocab_size %d are inconsistent", path, cfg->vocab_size, cfg->padded_vocab_size);
+    if (cfg->max_seq_len < 1 || cfg->max_seq_len > 1 << 20) {
+        snprintf(error, error_size, "max_seq_len %d is out of range 1..%d", cfg->max_seq_len, 1 << 20); return 0;
     }
-    if (cfg->num_labels < 1 || cfg->num_labels > 65536) { fail("%s: num_labels %d is out of range 1..65536", path, cfg->num_labels); }
+    if (cfg->vocab_size < 1 || cfg->vocab_size > 65536 || cfg->padded_vocab_size < cfg->vocab_size || cfg->padded_vocab_size > 1 << 24) {
+        snprintf(error, error_size, "vocab_size %d / padded_vocab_size %d are inconsistent (token ids are 16-bit)", cfg->vocab_size, cfg->padded_vocab_size); return 0;
+    }
+    if (cfg->num_labels < 1 || cfg->num_labels > 65536) {
+        snprintf(error, error_size, "num_labels %d is out of range 1..65536", cfg->num_labels); return 0;
+    }
+    return 1;
 }
 
-// Loads a checkpoint. `num_labels` is the head size wanted for an llm.c
-// checkpoint (which has no head); for a fine-tuned checkpoint it must be 0 or
-// match the file. `seed` initialises a missing head.
-static void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, uint64_t seed) {
+void validate_config(const GPT2Config *cfg, const char *source) {
+    char error[256];
+    if (!config_is_valid(cfg, error, sizeof(error))) { fail("%s: %s", source, error); }
+}
+
+// Reads and checks a checkpoint's header against the file size, before any
+// allocation. `num_labels` is the head size wanted: for an llm.c checkpoint
+// (no head) it sets the head, 0 meaning 2; for a fine-tuned one it must be 0
+// or equal the file's. Returns 1, or 0 with the reason in `error`.
+int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labels, GPT2Config *cfg,
+                                   int *has_head, int *step, char *error, size_t error_size) {
+    if (size < HEADER_INTS * 4) { snprintf(error, error_size, "file is %zu bytes, too small for a checkpoint header", size); return 0; }
+    const int32_t magic = read_i32(data), version = read_i32(data + 4);
+    if (magic == LLMC_MAGIC) {
+        if (version != LLMC_VERSION) {
+            snprintf(error, error_size, "llm.c checkpoint version %d is not supported (need %d: float32 with padded vocabulary)", version, LLMC_VERSION);
+            return 0;
+        }
+        *has_head = 0;
+    } else if (magic == SFT_MAGIC) {
+        if (version != SFT_VERSION) { snprintf(error, error_size, "fine-tuned checkpoint version %d is not supported (need %d)", version, SFT_VERSION); return 0; }
+        *has_head = 1;
+    } else {
+        snprintf(error, error_size, "bad magic number %d: not an llm.c GPT-2 checkpoint or a fine-tuned checkpoint", magic);
+        return 0;
+    }
+    cfg->max_seq_len = read_i32(data + 4 * 2);
+    cfg->vocab_size = read_i32(data + 4 * 3);
+    cfg->num_layers = read_i32(data + 4 * 4);
+    cfg->num_heads = read_i32(data + 4 * 5);
+    cfg->channels = read_i32(data + 4 * 6);
+    cfg->padded_vocab_size = read_i32(data + 4 * 7);
+    *step = 0;
+    if (*has_head) {
+        cfg->num_labels = read_i32(data + 4 * 8);
+        *step = read_i32(data + 4 * 9);
+        if (*step < 0) { snprintf(error, error_size, "negative step count %d in the header", *step); return 0; }
+        if (num_labels != 0 && num_labels != cfg->num_labels) {
+            snprintf(error, error_size, "the checkpoint has %d labels but %d were requested", cfg->num_labels, num_labels);
+            return 0;
+        }
+    } else {
+        cfg->num_labels = num_labels != 0 ? num_labels : 2;
+    }
+    if (!config_is_valid(cfg, error, error_size)) { return 0; }
+    size_t sizes[NUM_PARAMETER_TENSORS], stored = 0;
+    parameter_sizes(sizes, *cfg);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS - (*has_head ? 0 : 1); i++) { stored += sizes[i]; }
+    if ((size - HEADER_INTS * 4) % sizeof(float) != 0 || (size - HEADER_INTS * 4) / sizeof(float) != stored) {
+        snprintf(error, error_size, "file is %zu bytes but its header describes %zu bytes (truncated, or wrong configuration)",
+                 size, HEADER_INTS * 4 + stored * sizeof(float));
+        return 0;
+    }
+    return 1;
+}
+
+// Loads a checkpoint: llm.c's (a new head is drawn from `seed`) or a
+// fine-tuned one. Any problem ends the program with a message naming the file.
+void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, uint64_t seed) {
     memset(model, 0, sizeof(*model));
     model->loss = -1.0f;
     if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
@@ -915,47 +977,15 @@ static void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_la
     if (map_file(&file, path) != 0) {
         fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, strerror(errno));
     }
-    if (file.size < HEADER_INTS * 4) { fail("%s: file is %zu bytes, too small for a checkpoint header", path, file.size); }
-    const int32_t magic = read_i32(file.data), version = read_i32(file.data + 4);
-    int has_head;
-    if (magic == LLMC_MAGIC) {
-        if (version != LLMC_VERSION) {
-            fail("%s: llm.c checkpoint version %d is not supported (need %d: float32 with padded vocabulary)", path, version, LLMC_VERSION);
-        }
-        has_head = 0;
-    } else if (magic == SFT_MAGIC) {
-        if (version != SFT_VERSION) { fail("%s: fine-tuned checkpoint version %d is not supported (need %d)", path, version, SFT_VERSION); }
-        has_head = 1;
-    } else {
-        fail("%s: bad magic number %d: not an llm.c GPT-2 checkpoint or a fine-tuned checkpoint", path, magic);
-        return;
+    char error[256];
+    int has_head, step;
+    if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, error, sizeof(error))) {
+        fail("%s: %s", path, error);
     }
-    GPT2Config cfg;
-    cfg.max_seq_len = read_i32(file.data + 4 * 2);
-    cfg.vocab_size = read_i32(file.data + 4 * 3);
-    cfg.num_layers = read_i32(file.data + 4 * 4);
-    cfg.num_heads = read_i32(file.data + 4 * 5);
-    cfg.channels = read_i32(file.data + 4 * 6);
-    cfg.padded_vocab_size = read_i32(file.data + 4 * 7);
-    if (has_head) {
-        cfg.num_labels = read_i32(file.data + 4 * 8);
-        model->step = read_i32(file.data + 4 * 9);
-        if (model->step < 0) { fail("%s: negative step count %d in header", path, model->step); }
-        if (num_labels != 0 && num_labels != cfg.num_labels) {
-            fail("%s: the checkpoint has %d labels but %d were requested", path, cfg.num_labels, num_labels);
-        }
-    } else {
-        cfg.num_labels = num_labels != 0 ? num_labels : 2;
-    }
-    validate_config(&cfg, path);
-    model->config = cfg;
+    model->step = step;
     gpt2_allocate_parameters(model);
     const size_t head_size = model->param_sizes[NUM_PARAMETER_TENSORS - 1];
     const size_t stored = model->num_parameters - (has_head ? 0 : head_size);
-    const size_t expected_bytes = (size_t)HEADER_INTS * 4 + stored * sizeof(float);
-    if (file.size != expected_bytes) {
-        fail("%s: file is %zu bytes but its header describes %zu bytes (truncated or wrong config)", path, file.size, expected_bytes);
-    }
     memcpy(model->params_memory, file.data + HEADER_INTS * 4, stored * sizeof(float));
     unmap_file(&file);
     if (!has_head) { init_classifier_head(model->params.score, head_size, seed); }
@@ -966,7 +996,7 @@ static void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_la
 
 // Writes the fine-tuned checkpoint to path + ".tmp", flushes it to disk, and
 // renames it over `path`: an interrupted save never destroys the old file.
-static void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
+void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
     const size_t tmp_len = strlen(path) + 5;
     char *tmp_path = (char *)malloc_or_die(tmp_len, "checkpoint path");
     snprintf(tmp_path, tmp_len, "%s.tmp", path);
@@ -991,7 +1021,7 @@ static void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
 // ----------------------------------------------------------------------------
 // Forward and backward passes of the whole model.
 
-static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
+void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     if (model->acts_memory != NULL && B <= model->max_batch && T <= model->max_seq &&
         max_threads() <= model->buffer_threads) { return; }
     if (model->acts_memory != NULL) { // grow, keeping the larger of old and new sizes
@@ -1026,7 +1056,7 @@ static void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
 }
 
 // Checks a batch against the model; names the problem on failure.
-static void validate_batch(const GPT2 *model, const Batch *batch) {
+void validate_batch(const GPT2 *model, const Batch *batch) {
     const GPT2Config *cfg = &model->config;
     if (batch->B < 1) { fail("batch size must be >= 1 (got %d)", batch->B); }
     if (batch->T < 1 || batch->T > cfg->max_seq_len) {
@@ -1052,7 +1082,7 @@ static void validate_batch(const GPT2 *model, const Batch *batch) {
 // Runs the model on a batch: fills model->logits (B,K). When the batch has
 // targets (labels or regression targets), also computes model->loss and
 // leaves dlogits ready for gpt2_backward, scaled by grad_scale.
-static void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
+void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
     validate_batch(model, batch);
     const GPT2Config *cfg = &model->config;
     const int B = batch->B, T = batch->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
@@ -1108,7 +1138,7 @@ static void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
     }
 }
 
-static void gpt2_zero_grad(GPT2 *model) {
+void gpt2_zero_grad(GPT2 *model) {
     if (model->grads_memory == NULL) {
         model->grads_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "gradients");
         carve_parameters(&model->grads, model->grads_memory, model->param_sizes);
@@ -1119,7 +1149,7 @@ static void gpt2_zero_grad(GPT2 *model) {
 
 // Adds the gradient of the last forward's loss (times its grad_scale) to the
 // parameter gradients. Call gpt2_zero_grad before the first micro-batch.
-static void gpt2_backward(GPT2 *model) {
+void gpt2_backward(GPT2 *model) {
     if (model->loss < 0.0f || !isfinite(model->loss)) { fail("gpt2_backward needs a forward pass with targets and a finite loss"); }
     if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
     if (max_threads() > model->buffer_threads) { fail("gpt2_backward: the thread count grew after the forward pass"); }
@@ -1185,7 +1215,7 @@ typedef struct {
 // Hugging Face's linear schedule: for update k = 0, 1, ...
 //   lr_k = lr * k / W                              k < W
 //   lr_k = lr * max(0, (N - k) / max(1, N - W))    otherwise
-static float learning_rate_at(const OptimizerConfig *opt, int step) {
+float learning_rate_at(const OptimizerConfig *opt, int step) {
     if (step < opt->warmup_steps) { return opt->learning_rate * (float)step / (float)opt->warmup_steps; }
     const int decay = opt->total_steps - opt->warmup_steps;
     const float remaining = (float)(opt->total_steps - step) / (float)(decay > 1 ? decay : 1);
@@ -1194,7 +1224,7 @@ static float learning_rate_at(const OptimizerConfig *opt, int step) {
 
 // sqrt(sum g^2) over every gradient, in double. The sum runs over fixed-size
 // chunks in a fixed order, so the result does not depend on the thread count.
-static float gradient_norm(const float *grads, size_t n) {
+float gradient_norm(const float *grads, size_t n) {
     const size_t chunk = 1 << 16;
     const long num_chunks = (long)((n + chunk - 1) / chunk);
     double *partial = (double *)malloc_or_die((size_t)num_chunks * sizeof(double), "gradient norm");
@@ -1218,14 +1248,16 @@ static float gradient_norm(const float *grads, size_t n) {
 //   m = b1 m + (1 - b1) g;      v = b2 v + (1 - b2) g^2
 //   p = p - lr wd p             (decoupled weight decay, decaying tensors only)
 //   p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
-// Returns the gradient norm before clipping.
-static float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
+// Returns the gradient norm before clipping; when it is NaN or infinite,
+// nothing is updated.
+float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
     if (model->grads_memory == NULL) { fail("gpt2_update needs gradients: call gpt2_backward first"); }
     if (model->m_memory == NULL) {
         model->m_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW m");
         model->v_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW v");
     }
     const float norm = gradient_norm(model->grads_memory, model->num_parameters);
+    if (!isfinite(norm)) { return norm; } // leave the parameters untouched
     float clip = 1.0f;
     if (opt->max_grad_norm > 0.0f) {
         const float coef = opt->max_grad_norm / (norm + 1e-6f);
@@ -1259,7 +1291,19 @@ static float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
     return norm;
 }
 
-static void gpt2_free(GPT2 *model) {
+// The name of the first parameter tensor whose gradient is not finite.
+const char *first_nonfinite_gradient(const GPT2 *model) {
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        for (size_t i = 0; i < model->param_sizes[t]; i++) {
+            if (!isfinite(model->grads_memory[offset + i])) { return parameter_names[t]; }
+        }
+        offset += model->param_sizes[t];
+    }
+    return "no tensor";
+}
+
+void gpt2_free(GPT2 *model) {
     free(model->params_memory);
     free(model->grads_memory);
     free(model->m_memory);
@@ -1278,7 +1322,7 @@ static void gpt2_free(GPT2 *model) {
 // depth, LayerNorm weights 1, biases 0. Named by depth as llm.c does:
 // dN = N layers, N heads, 64 N channels (d12 = GPT-2 124M).
 
-static void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq_len, uint64_t seed) {
+void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq_len, uint64_t seed) {
     memset(model, 0, sizeof(*model));
     model->loss = -1.0f;
     GPT2Config cfg;
@@ -1333,31 +1377,27 @@ typedef struct {
     const uint16_t *tokens;  // (num_tokens)
 } Dataset;
 
-// Maps and validates a dataset completely before training starts.
-static void dataset_open(Dataset *d, const char *path, int vocab_size) {
-    memset(d, 0, sizeof(*d));
-    d->path = path;
-    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
-    if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
-    const unsigned char *h = d->file.data;
-    if (d->file.size < DATA_HEADER_BYTES) { fail("%s: file is %zu bytes, too small for a dataset header", path, d->file.size); }
-    if (read_i32(h) != DATA_MAGIC) { fail("%s: bad magic number %d: not a dataset made by prepro_imdb.py", path, read_i32(h)); }
-    if (read_i32(h + 4) != DATA_VERSION) { fail("%s: dataset version %d is not supported (need %d)", path, read_i32(h + 4), DATA_VERSION); }
+// Checks a dataset held in memory completely (header, sizes, offsets,
+// lengths, labels, every token id) and points d's arrays into it. Returns 1,
+// or 0 with the reason in `error`.
+int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_size, char *error, size_t error_size) {
+    if (size < DATA_HEADER_BYTES) { snprintf(error, error_size, "file is %zu bytes, too small for a dataset header", size); return 0; }
+    if (read_i32(h) != DATA_MAGIC) { snprintf(error, error_size, "bad magic number %d: not a dataset made by prepro_imdb.py", read_i32(h)); return 0; }
+    if (read_i32(h + 4) != DATA_VERSION) { snprintf(error, error_size, "dataset version %d is not supported (need %d)", read_i32(h + 4), DATA_VERSION); return 0; }
     d->num_labels = read_i32(h + 8);
     const int file_vocab = read_i32(h + 12);
     d->num_examples = read_i64(h + 16);
     d->num_tokens = read_i64(h + 24);
-    if (d->num_labels < 0 || d->num_labels > 65536) { fail("%s: num_labels %d is out of range", path, d->num_labels); }
-    if (file_vocab != vocab_size) { fail("%s: tokenized for vocabulary size %d, the model has %d", path, file_vocab, vocab_size); }
-    if (d->num_examples < 1) { fail("%s: the dataset has no examples", path); }
-    const int64_t max_bytes = (int64_t)(d->file.size < (size_t)INT64_MAX ? d->file.size : (size_t)INT64_MAX);
-    if (d->num_examples > max_bytes / 20 || d->num_tokens < 0 || d->num_tokens > max_bytes / 2) {
-        fail("%s: header counts (%lld examples, %lld tokens) do not fit the file size %zu", path,
-             (long long)d->num_examples, (long long)d->num_tokens, d->file.size);
-    }
-    const size_t expected = DATA_HEADER_BYTES + 20 * (size_t)d->num_examples + 2 * (size_t)d->num_tokens;
-    if (d->file.size != expected) {
-        fail("%s: file is %zu bytes but its header describes %zu bytes (truncated or corrupt)", path, d->file.size, expected);
+    if (d->num_labels < 0 || d->num_labels > 65536) { snprintf(error, error_size, "num_labels %d is out of range 0..65536", d->num_labels); return 0; }
+    if (file_vocab != vocab_size) { snprintf(error, error_size, "tokenized for vocabulary size %d, the model has %d", file_vocab, vocab_size); return 0; }
+    if (d->num_examples < 1) { snprintf(error, error_size, "the dataset has no examples"); return 0; }
+    const int64_t payload = (int64_t)(size - DATA_HEADER_BYTES);
+    if (d->num_examples > payload / 20 || d->num_tokens < 0 || d->num_tokens > payload / 2 ||
+        20 * d->num_examples + 2 * d->num_tokens != payload) {
+        snprintf(error, error_size, "file is %zu bytes but its header (%lld examples, %lld tokens) describes %lld bytes (truncated or corrupt)",
+                 size, (long long)d->num_examples, (long long)d->num_tokens,
+                 (long long)DATA_HEADER_BYTES + 20 * d->num_examples + 2 * d->num_tokens);
+        return 0;
     }
     const size_t N = (size_t)d->num_examples;
     d->offsets = (const int64_t *)(h + DATA_HEADER_BYTES);
@@ -1367,30 +1407,54 @@ static void dataset_open(Dataset *d, const char *path, int vocab_size) {
     d->tokens = (const uint16_t *)(h + DATA_HEADER_BYTES + 20 * N);
     int64_t next = 0;
     for (size_t i = 0; i < N; i++) {
-        if (d->offsets[i] != next) { fail("%s: example %zu starts at token %lld, expected %lld", path, i, (long long)d->offsets[i], (long long)next); }
-        if (d->lengths[i] < 1 || d->lengths[i] > d->num_tokens - next) { fail("%s: example %zu has bad length %d", path, i, d->lengths[i]); }
+        if (d->offsets[i] != next) {
+            snprintf(error, error_size, "example %zu starts at token %lld, expected %lld", i, (long long)d->offsets[i], (long long)next);
+            return 0;
+        }
+        if (d->lengths[i] < 1 || d->lengths[i] > d->num_tokens - next) {
+            snprintf(error, error_size, "example %zu has length %d, outside 1..%lld", i, d->lengths[i], (long long)(d->num_tokens - next));
+            return 0;
+        }
         const int label = d->labels[i];
         if (d->num_labels > 0 ? (label < 0 || label >= d->num_labels) : label != -1) {
-            fail("%s: example %zu has label %d, out of range for %d labels", path, i, label, d->num_labels);
+            snprintf(error, error_size, "example %zu has label %d, out of range for %d labels", i, label, d->num_labels);
+            return 0;
         }
         next += d->lengths[i];
     }
-    if (next != d->num_tokens) { fail("%s: examples cover %lld tokens, header says %lld", path, (long long)next, (long long)d->num_tokens); }
-    for (int64_t i = 0; i < d->num_tokens; i++) {
-        if (d->tokens[i] >= vocab_size) { fail("%s: token %lld has id %d, out of range for vocabulary %d", path, (long long)i, d->tokens[i], vocab_size); }
+    if (next != d->num_tokens) {
+        snprintf(error, error_size, "examples cover %lld tokens, the header says %lld", (long long)next, (long long)d->num_tokens);
+        return 0;
     }
+    for (int64_t i = 0; i < d->num_tokens; i++) {
+        if (d->tokens[i] >= vocab_size) {
+            snprintf(error, error_size, "token %lld has id %d, out of range for vocabulary %d", (long long)i, d->tokens[i], vocab_size);
+            return 0;
+        }
+    }
+    return 1;
 }
 
-static void dataset_close(Dataset *d) { unmap_file(&d->file); }
+// Maps and validates a dataset completely before training starts.
+void dataset_open(Dataset *d, const char *path, int vocab_size) {
+    memset(d, 0, sizeof(*d));
+    d->path = path;
+    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+    if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
+    char error[256];
+    if (!dataset_parse(d, d->file.data, d->file.size, vocab_size, error, sizeof(error))) { fail("%s: %s", path, error); }
+}
+
+void dataset_close(Dataset *d) { unmap_file(&d->file); }
 
 // Long reviews are cut to max_len tokens. Keeping the head and the tail (a
 // quarter and three quarters) works best for BERT on IMDB (Sun et al. 2019).
 typedef enum { TRUNCATE_HEAD, TRUNCATE_TAIL, TRUNCATE_HEAD_TAIL } Truncation;
 
-static int truncated_length(int length, int max_len) { return length < max_len ? length : max_len; }
+int truncated_length(int length, int max_len) { return length < max_len ? length : max_len; }
 
 // Copies example i, truncated, into dst; returns its length.
-static int copy_example(int *dst, const Dataset *d, int64_t i, int max_len, Truncation how) {
+int copy_example(int *dst, const Dataset *d, int64_t i, int max_len, Truncation how) {
     const uint16_t *src = d->tokens + d->offsets[i];
     const int length = d->lengths[i];
     if (length <= max_len) {
@@ -1406,7 +1470,7 @@ static int copy_example(int *dst, const Dataset *d, int64_t i, int max_len, Trun
 
 // Gathers examples idx[0..B) into a batch padded to its longest sequence.
 // Returns the number of padded (computed but unused) positions.
-static long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B, int max_len,
+long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B, int max_len,
                        Truncation how, int regression) {
     int T = 1;
     for (int b = 0; b < B; b++) {
@@ -1428,7 +1492,7 @@ static long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B
     return padding;
 }
 
-static Batch batch_alloc(int B, int max_len) {
+Batch batch_alloc(int B, int max_len) {
     Batch batch;
     batch.B = B;
     batch.T = max_len;
@@ -1439,7 +1503,7 @@ static Batch batch_alloc(int B, int max_len) {
     return batch;
 }
 
-static void batch_free(Batch *batch) {
+void batch_free(Batch *batch) {
     free(batch->tokens); free(batch->lengths); free(batch->labels); free(batch->targets);
 }
 
@@ -1447,7 +1511,7 @@ static void batch_free(Batch *batch) {
 // mega-batches of 50 batches, sort each by length so a batch holds sequences
 // of similar length (little padding), then shuffle the order of the batches.
 // order (N) receives example indices; batches are consecutive runs of B.
-static void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
+void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
     const int64_t N = d->num_examples;
     uint64_t state = rng_seed(seed * 1000003ULL + (uint64_t)epoch);
     for (int64_t i = 0; i < N; i++) { order[i] = i; }
@@ -1488,20 +1552,20 @@ typedef struct {
 
 // Index of the largest logit; for regression (K == 1) the sentiment implied by
 // the predicted star rating: positive when above 5.5 (IMDB: pos = 7..10).
-static int predicted_class(const float *logits, int K) {
+int predicted_class(const float *logits, int K) {
     if (K == 1) { return logits[0] > 5.5f; }
     int best = 0;
     for (int k = 1; k < K; k++) { if (logits[k] > logits[best]) { best = k; } }
     return best;
 }
 
-static int true_class(const Dataset *d, int64_t i, int regression) {
+int true_class(const Dataset *d, int64_t i, int regression) {
     return regression ? d->stars[i] >= 7 : d->labels[i];
 }
 
 // Runs the first `max_examples` (all when <= 0) of a fixed random order of the
 // dataset through the model. Examples are sorted by length for little padding.
-static EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, int max_len,
+EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, int max_len,
                            Truncation how, int regression, uint64_t seed) {
     const int K = model->config.num_labels;
     int64_t n = d->num_examples;
@@ -1547,7 +1611,7 @@ static EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, 
 }
 
 // Precision, recall and F1 of each class, and the confusion matrix.
-static void print_eval_details(const EvalResult *r) {
+void print_eval_details(const EvalResult *r) {
     const int K = r->num_classes;
     double macro_f1 = 0.0;
     for (int k = 0; k < K; k++) {
@@ -1583,14 +1647,14 @@ typedef struct {
     uint64_t seed;
 } RunIdentity;
 
-static char *path_with_suffix(const char *path, const char *suffix) {
+char *path_with_suffix(const char *path, const char *suffix) {
     const size_t n = strlen(path) + strlen(suffix) + 1;
     char *s = (char *)malloc_or_die(n, "path");
     snprintf(s, n, "%s%s", path, suffix);
     return s;
 }
 
-static void write_file_atomically(const char *path, const void *header, size_t header_bytes,
+void write_file_atomically(const char *path, const void *header, size_t header_bytes,
                                   const float *a, const float *b, size_t n) {
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
@@ -1604,7 +1668,7 @@ static void write_file_atomically(const char *path, const void *header, size_t h
     free(tmp_path);
 }
 
-static void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
+void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
     int32_t header[HEADER_INTS];
     memset(header, 0, sizeof(header));
     header[0] = STATE_MAGIC; header[1] = STATE_VERSION;
@@ -1618,7 +1682,7 @@ static void save_training_state(const GPT2 *model, const char *checkpoint_path, 
     free(path);
 }
 
-static void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
+void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
     char *path = path_with_suffix(checkpoint_path, ".state");
     MappedFile f;
     if (map_file(&f, path) != 0) { fail("cannot open %s to resume: %s", path, strerror(errno)); }
@@ -1663,7 +1727,7 @@ typedef struct {
     int log_every, eval_every, eval_examples, save_every, threads;
 } Args;
 
-static void print_usage(void) {
+void print_usage(void) {
     printf(
         "usage: train_gpt2_sft [options]\n"
         "Fine-tunes GPT-2 as a sequence classifier on a dataset made by prepro_imdb.py.\n\n"
@@ -1692,7 +1756,7 @@ static void print_usage(void) {
         "  --threads N             OpenMP threads [all cores]\n");
 }
 
-static long parse_long(const char *flag, const char *value, long lo, long hi) {
+long parse_long(const char *flag, const char *value, long lo, long hi) {
     char *end;
     errno = 0;
     const long v = strtol(value, &end, 10);
@@ -1701,7 +1765,7 @@ static long parse_long(const char *flag, const char *value, long lo, long hi) {
     return v;
 }
 
-static float parse_float(const char *flag, const char *value, double lo, double hi) {
+float parse_float(const char *flag, const char *value, double lo, double hi) {
     char *end;
     errno = 0;
     const double v = strtod(value, &end);
@@ -1710,7 +1774,7 @@ static float parse_float(const char *flag, const char *value, double lo, double 
     return (float)v;
 }
 
-static void parse_args(Args *a, int argc, char **argv) {
+void parse_args(Args *a, int argc, char **argv) {
     memset(a, 0, sizeof(*a));
     a->model_path = "gpt2_124M.bin";
     a->train_path = "data/imdb/imdb_train.bin";
@@ -1775,13 +1839,13 @@ static void parse_args(Args *a, int argc, char **argv) {
     if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
 }
 
-static double seconds_now(void) {
+double seconds_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void format_duration(char *out, size_t n, double seconds) {
+void format_duration(char *out, size_t n, double seconds) {
     const long s = (long)(seconds + 0.5);
     if (s >= 3600) { snprintf(out, n, "%ldh%02ldm", s / 3600, (s / 60) % 60); }
     else { snprintf(out, n, "%ldm%02lds", s / 60, s % 60); }
@@ -1789,7 +1853,7 @@ static void format_duration(char *out, size_t n, double seconds) {
 
 // Writes "index,true_label,predicted,p_0..p_{K-1}" (or the predicted value for
 // regression) for every example of a dataset, in file order.
-static void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
+void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     const int K = model->config.num_labels, B = args->batch_size;
     char *tmp_path = path_with_suffix(args->output_path, ".tmp");
     FILE *f = fopen(tmp_path, "w");
@@ -1830,11 +1894,11 @@ static void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     printf("wrote predictions for %lld examples to %s\n", (long long)d->num_examples, args->output_path);
 }
 
-static void print_eval(const char *tag, int step, const EvalResult *r) {
+void print_eval(const char *tag, int step, const EvalResult *r) {
     printf("%s step %d: examples %lld loss %.4f accuracy %.4f\n", tag, step, (long long)r->examples, r->loss, r->accuracy);
 }
 
-static void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
+void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     save_training_state(model, path, run);
     gpt2_save_checkpoint(model, path);
     printf("saved %s (step %d)\n", path, model->step);
@@ -1843,7 +1907,7 @@ static void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
 // The training loop: epochs of length-grouped batches, gradient accumulation,
 // clipping, AdamW with warmup and linear decay, periodic logs, evaluations
 // and checkpoints.
-static void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
+void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
     const int B = args->batch_size, accum = args->grad_accum;
     const int64_t batches_per_epoch = train_set->num_examples / B;
     if (batches_per_epoch < accum) {
@@ -1897,7 +1961,8 @@ static void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set
         const float lr = learning_rate_at(&opt, step);
         const float norm = gpt2_update(model, &opt, step);
         if (!isfinite(norm)) {
-            fail("step %d: the gradient norm is %f; stopping (the last saved checkpoint is unchanged)", step + 1, norm);
+            fail("step %d: the gradient of %s is NaN or infinite; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
+                 step + 1, first_nonfinite_gradient(model));
         }
         model->step = step + 1;
         run.step = model->step;

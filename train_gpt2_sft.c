@@ -158,26 +158,35 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 //
 // A and B are read through strides so that the three products of a linear
 // layer (forward x.W^T, backward dx = dy.W and dW = dy^T.x) are one function.
-// The work is split into (MC x NC) tiles of C, one per OpenMP task, so each
-// element of C is summed by one thread in a fixed order: the result does not
-// depend on the number of threads. Inside a tile, KC-deep slices of A and B
-// are copied ("packed") into contiguous panels so that the register-tiled
-// micro-kernel below streams through memory linearly.
+// The classic blocked scheme (Goto; BLIS): for each KC-deep slice of K, a
+// (KC x NC) block of B is copied ("packed") into NR-wide panels shared by all
+// threads; each thread then takes (MC x KC) blocks of A, packs them into
+// MR-tall panels that stay in its L2 cache, and runs the register-tiled
+// micro-kernel over every (MR x NR) piece of C. Each element of C is summed
+// by one thread in a fixed order, so results do not depend on the number of
+// threads.
 
+// The register tile must fit the vector registers: 6 x 64 floats is 24 of the
+// 32 AVX-512 registers; elsewhere (AVX2, NEON: 16 or 32 registers of 4 or 8
+// floats) 6 x 16 is the safe choice. Measured with dev/bench_sft.c.
 #ifndef GEMM_MR
 #define GEMM_MR 6    // rows of C held in registers by the micro-kernel
 #endif
 #ifndef GEMM_NR
-#define GEMM_NR 32   // columns of C held in registers (two 512-bit vectors)
+#if defined(__AVX512F__)
+#define GEMM_NR 64   // columns of C held in registers (four 512-bit vectors)
+#else
+#define GEMM_NR 16
+#endif
 #endif
 #ifndef GEMM_MC
-#define GEMM_MC 96   // rows of C per tile (multiple of GEMM_MR)
-#endif
-#ifndef GEMM_NC
-#define GEMM_NC 256  // columns of C per tile (multiple of GEMM_NR)
+#define GEMM_MC 96   // rows of A packed per block (multiple of GEMM_MR)
 #endif
 #ifndef GEMM_KC
 #define GEMM_KC 256  // depth of one packed slice
+#endif
+#ifndef GEMM_NC
+#define GEMM_NC 3072 // columns of B packed per block (multiple of GEMM_NR)
 #endif
 
 typedef struct {
@@ -186,34 +195,40 @@ typedef struct {
     long col_stride; // distance between (i, k) and (i, k+1)
 } StridedMatrix;
 
-// panel[(p*kc + k)*GEMM_MR + i] = A[row0 + p*GEMM_MR + i, k0 + k], zero past M.
+// panel[(p*kc + k)*GEMM_MR + i] = A[row0 + p*GEMM_MR + i, k0 + k], zero past `rows`.
 void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, int kc) {
     for (int p = 0; p * GEMM_MR < rows; p++) {
         float *dst = panel + (size_t)p * kc * GEMM_MR;
-        for (int i = 0; i < GEMM_MR; i++) {
-            int r = p * GEMM_MR + i;
-            if (r < rows) {
-                const float *src = a.data + (long)(row0 + r) * a.row_stride + (long)k0 * a.col_stride;
-                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = src[k * a.col_stride]; }
-            } else {
-                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = 0.0f; }
+        const int height = rows - p * GEMM_MR < GEMM_MR ? rows - p * GEMM_MR : GEMM_MR;
+        const float *src = a.data + (long)(row0 + p * GEMM_MR) * a.row_stride + (long)k0 * a.col_stride;
+        if (a.row_stride == 1) { // A stored transposed: a panel's column is contiguous
+            for (int k = 0; k < kc; k++) {
+                const float *col = src + (long)k * a.col_stride;
+                for (int i = 0; i < height; i++) { dst[k * GEMM_MR + i] = col[i]; }
+                for (int i = height; i < GEMM_MR; i++) { dst[k * GEMM_MR + i] = 0.0f; }
+            }
+        } else {
+            for (int i = 0; i < GEMM_MR; i++) {
+                const float *row = src + (long)i * a.row_stride;
+                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = i < height ? row[(long)k * a.col_stride] : 0.0f; }
             }
         }
     }
 }
 
-// panel[(p*kc + k)*GEMM_NR + j] = B[k0 + k, col0 + p*GEMM_NR + j], zero past N.
-void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
-    for (int p = 0; p * GEMM_NR < cols; p++) {
-        float *dst = panel + (size_t)p * kc * GEMM_NR;
+// panel[k*GEMM_NR + j] = B[k0 + k, col0 + j] for one NR-wide panel, zero past `cols`.
+void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
+    const float *src = b.data + (long)k0 * b.row_stride + (long)col0 * b.col_stride;
+    if (b.col_stride == 1) { // B row-major: a panel's row is contiguous
+        for (int k = 0; k < kc; k++) {
+            const float *row = src + (long)k * b.row_stride;
+            for (int j = 0; j < cols; j++) { panel[k * GEMM_NR + j] = row[j]; }
+            for (int j = cols; j < GEMM_NR; j++) { panel[k * GEMM_NR + j] = 0.0f; }
+        }
+    } else {
         for (int j = 0; j < GEMM_NR; j++) {
-            int c = p * GEMM_NR + j;
-            if (c < cols) {
-                const float *src = b.data + (long)k0 * b.row_stride + (long)(col0 + c) * b.col_stride;
-                for (int k = 0; k < kc; k++) { dst[k * GEMM_NR + j] = src[k * b.row_stride]; }
-            } else {
-                for (int k = 0; k < kc; k++) { dst[k * GEMM_NR + j] = 0.0f; }
-            }
+            const float *col = src + (long)j * b.col_stride;
+            for (int k = 0; k < kc; k++) { panel[k * GEMM_NR + j] = j < cols ? col[(long)k * b.row_stride] : 0.0f; }
         }
     }
 }
@@ -222,7 +237,7 @@ void pack_b(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
 // C[0:rows, 0:cols] = acc or += acc. The fixed-size loops let the compiler keep
 // acc in vector registers and emit one fused multiply-add per (i, j-vector).
 void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, long ldc, int rows, int cols, int accumulate) {
+                      float *restrict c, long ldc, int rows, int cols, int accumulate) {
     float acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int j = 0; j < GEMM_NR; j++) { acc[i][j] = 0.0f; }
@@ -244,6 +259,17 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
     }
 }
 
+// C[row0:row0+rows, col0:col0+cols] (+)= packed A block . packed B block.
+void gemm_packed_block(const float *a_panels, const float *b_panels, int kc, int rows, int cols,
+                       float *c, long ldc, int accumulate) {
+    for (int j = 0; j < cols; j += GEMM_NR) {
+        for (int i = 0; i < rows; i += GEMM_MR) {
+            gemm_microkernel(kc, a_panels + (size_t)i * kc, b_panels + (size_t)j * kc, c + (long)i * ldc + j, ldc,
+                             rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR, accumulate);
+        }
+    }
+}
+
 int max_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -260,8 +286,11 @@ int thread_id(void) {
 #endif
 }
 
-// Packing buffers, one pair per thread, allocated once and kept for the run.
-#define GEMM_WORKSPACE_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_NC * GEMM_KC)
+// Packing buffers, allocated once and kept for the run: one B block shared by
+// the threads of gemm(), and per thread an A block plus a smaller B block for
+// gemm_serial().
+#define GEMM_SERIAL_NC 1024
+#define GEMM_THREAD_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_SERIAL_NC * GEMM_KC)
 static float *gemm_workspace = NULL;
 static int gemm_workspace_threads = 0;
 
@@ -270,7 +299,8 @@ void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
     free(gemm_workspace);
-    gemm_workspace = (float *)malloc_or_die(threads * GEMM_WORKSPACE_FLOATS * sizeof(float), "gemm workspace");
+    const size_t floats = (size_t)GEMM_NC * GEMM_KC + threads * GEMM_THREAD_FLOATS;
+    gemm_workspace = (float *)malloc_or_die(floats * sizeof(float), "gemm workspace");
     gemm_workspace_threads = threads;
 }
 
@@ -280,25 +310,8 @@ void gemm_workspace_release(void) {
     gemm_workspace_threads = 0;
 }
 
-// One (rows x cols) tile of C at (row0, col0), over all of K.
-void gemm_tile(int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate,
-                      int row0, int rows, int col0, int cols) {
-    float *a_panel = gemm_workspace + (size_t)thread_id() * GEMM_WORKSPACE_FLOATS;
-    float *b_panel = a_panel + (size_t)GEMM_MC * GEMM_KC;
-    for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
-        const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
-        pack_a(a_panel, a, row0, rows, k0, kc);
-        pack_b(b_panel, b, col0, cols, k0, kc);
-        const int add = accumulate || k0 > 0;
-        for (int j = 0; j < cols; j += GEMM_NR) {
-            for (int i = 0; i < rows; i += GEMM_MR) {
-                gemm_microkernel(kc, a_panel + (size_t)i * kc, b_panel + (size_t)j * kc,
-                                 c + (long)(row0 + i) * ldc + col0 + j, ldc,
-                                 rows - i < GEMM_MR ? rows - i : GEMM_MR,
-                                 cols - j < GEMM_NR ? cols - j : GEMM_NR, add);
-            }
-        }
-    }
+float *gemm_thread_workspace(void) {
+    return gemm_workspace + (size_t)GEMM_NC * GEMM_KC + (size_t)thread_id() * GEMM_THREAD_FLOATS;
 }
 
 void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
@@ -306,34 +319,83 @@ void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
     for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); }
 }
 
-// gemm on the calling thread alone, for use inside parallel loops.
-void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b,
-                        float *c, long ldc, int accumulate) {
+// gemm on the calling thread alone, for small products inside parallel loops.
+void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
+    if (M <= 0 || N <= 0) { return; }
     if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
-    for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
-        for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
-            gemm_tile(K, a, b, c, ldc, accumulate, row0, M - row0 < GEMM_MC ? M - row0 : GEMM_MC,
-                      col0, N - col0 < GEMM_NC ? N - col0 : GEMM_NC);
+    float *a_panels = gemm_thread_workspace();
+    float *b_panels = a_panels + (size_t)GEMM_MC * GEMM_KC;
+    for (int col0 = 0; col0 < N; col0 += GEMM_SERIAL_NC) {
+        const int cols = N - col0 < GEMM_SERIAL_NC ? N - col0 : GEMM_SERIAL_NC;
+        for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+            const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+            for (int j = 0; j < cols; j += GEMM_NR) {
+                pack_b_panel(b_panels + (size_t)j * kc, b, col0 + j, cols - j < GEMM_NR ? cols - j : GEMM_NR, k0, kc);
+            }
+            for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
+                const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
+                pack_a(a_panels, a, row0, rows, k0, kc);
+                gemm_packed_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, accumulate || k0 > 0);
+            }
         }
     }
 }
 
-// gemm with the tiles shared among the threads. Not for use inside a
-// parallel region (use gemm_serial there).
-void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b,
-                 float *c, long ldc, int accumulate) {
+// gemm with the work shared among the threads. Not for use inside a parallel
+// region (use gemm_serial there).
+void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
     if (M <= 0 || N <= 0) { return; }
     if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
     gemm_workspace_reserve();
-    const int row_tiles = (M + GEMM_MC - 1) / GEMM_MC;
-    const int col_tiles = (N + GEMM_NC - 1) / GEMM_NC;
-    #pragma omp parallel for schedule(dynamic, 1)
-    for (int tile = 0; tile < row_tiles * col_tiles; tile++) {
-        const int row0 = (tile / col_tiles) * GEMM_MC;
-        const int col0 = (tile % col_tiles) * GEMM_NC;
-        gemm_tile(K, a, b, c, ldc, accumulate, row0, M - row0 < GEMM_MC ? M - row0 : GEMM_MC,
-                  col0, N - col0 < GEMM_NC ? N - col0 : GEMM_NC);
+    float *b_panels = gemm_workspace;
+    for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
+        const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
+        const int num_panels = (cols + GEMM_NR - 1) / GEMM_NR;
+        for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+            const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+            const int add = accumulate || k0 > 0;
+            #pragma omp parallel
+            {
+                #pragma omp for schedule(static)
+                for (int p = 0; p < num_panels; p++) {
+                    const int j = p * GEMM_NR;
+                    pack_b_panel(b_panels + (size_t)j * kc, b, col0 + j, cols - j < GEMM_NR ? cols - j : GEMM_NR, k0, kc);
+                }
+                float *a_panels = gemm_thread_workspace();
+                #pragma omp for schedule(dynamic, 1)
+                for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
+                    const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
+                    pack_a(a_panels, a, row0, rows, k0, kc);
+                    gemm_packed_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, add);
+                }
+            }
+        }
     }
+}
+
+// ----------------------------------------------------------------------------
+// exp for the elementwise loops (GELU, softmax), written without library calls
+// so the compiler can vectorize the loops that use it:
+//   exp(x) = 2^n exp(r),  n = round(x / ln 2),  r = x - n ln 2,  |r| <= ln(2)/2
+// exp(r) is a degree-7 polynomial (Cephes expf coefficients), relative
+// error about 1e-7, like expf. Inputs are clamped to [-87, 88] so that 2^n is
+// a normal float: exp(-87) = 1.6e-38 stands in for anything smaller.
+static inline float exp_fast(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float round_magic = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer
+    const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f; // ln 2 in two parts
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
 }
 
 // ----------------------------------------------------------------------------
@@ -514,7 +576,7 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
                     float max_score = -FLT_MAX;
                     for (int u = 0; u <= t; u++) { p_row[u] *= scale; if (p_row[u] > max_score) { max_score = p_row[u]; } }
                     float sum = 0.0f;
-                    for (int u = 0; u <= t; u++) { p_row[u] = expf(p_row[u] - max_score); sum += p_row[u]; }
+                    for (int u = 0; u <= t; u++) { p_row[u] = exp_fast(p_row[u] - max_score); sum += p_row[u]; }
                     const float inv_sum = 1.0f / sum;
                     for (int u = 0; u <= t; u++) { p_row[u] *= inv_sum; }
                     for (int u = t + 1; u < r1; u++) { p_row[u] = 0.0f; }
@@ -575,27 +637,30 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
 }
 
 // GELU with the tanh approximation used by GPT-2:
-// y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//   y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+// Since 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)) = sigmoid(2u), this is
+//   y = x s,  s = sigmoid(2u)
+// which needs one exp and no cancellation near u = 0.
 #define GELU_SCALE 0.7978845608028654f
 void gelu_forward(float *out, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         const float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        out[i] = 0.5f * x * (1.0f + tanhf(u));
+        out[i] = x / (1.0f + exp_fast(-2.0f * u));
     }
 }
 
-// dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-// d (n) holds dL/dy on entry and dL/dx on return.
+// dy/dx = s + x * 2 s (1 - s) * du/dx,   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+// (d sigmoid(2u)/du = 2 s (1 - s)). d (n) holds dL/dy on entry, dL/dx on return.
 void gelu_backward_inplace(float *d, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         const float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        const float th = tanhf(u);
+        const float s = 1.0f / (1.0f + exp_fast(-2.0f * u));
         const float du_dx = GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        d[i] *= 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du_dx;
+        d[i] *= s + 2.0f * x * s * (1.0f - s) * du_dx;
     }
 }
 

@@ -499,13 +499,46 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     }
 }
 
-// Fills each of the N rows of out (N, OC) with bias (OC), or zeros without one.
-void fill_rows_with_bias(float *out, const float *bias, int N, int OC) {
+// out[n, 0:width] = bias for each of N rows placed `stride` floats apart.
+void fill_rows_with_bias(float *out, long stride, const float *bias, int N, int width) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) { memcpy(out + n * stride, bias, (size_t)width * sizeof(float)); }
+}
+
+// out = residual + bias for each of N rows (N,C): the start of a residual
+// block's output, to which the block's last matmul then adds.
+void residual_plus_bias(float *out, const float *residual, const float *bias, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        float *o = out + (size_t)n * OC;
-        if (bias != NULL) { memcpy(o, bias, (size_t)OC * sizeof(float)); }
-        else { memset(o, 0, (size_t)OC * sizeof(float)); }
+        for (int i = 0; i < C; i++) { out[(size_t)n * C + i] = residual[(size_t)n * C + i] + bias[i]; }
+    }
+}
+
+// rows[b,:] = x[b, lengths[b]-1, :]: each sequence's last real position.
+void gather_last_positions(float *rows, const float *x, const int *lengths, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        memcpy(rows + (size_t)b * C, x + ((size_t)b * T + lengths[b] - 1) * C, (size_t)C * sizeof(float));
+    }
+}
+
+// x[b, lengths[b]-1, :] += rows[b,:]  (the backward of the gather)
+void scatter_add_last_positions(float *x, const float *rows, const int *lengths, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        float *dst = x + ((size_t)b * T + lengths[b] - 1) * C;
+        for (int i = 0; i < C; i++) { dst[i] += rows[(size_t)b * C + i]; }
+    }
+}
+
+// dbias[o] += sum_n dout[n, o], rows `stride` floats apart. Threads split the
+// outputs, so each sum runs in one fixed order.
+void bias_backward(float *dbias, const float *dout, long stride, int N, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int o0 = 0; o0 < OC; o0 += 64) {
+        const int o1 = o0 + 64 < OC ? o0 + 64 : OC;
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + n * stride;
+            for (int o = o0; o < o1; o++) { dbias[o] += d[o]; }
+        }
     }
 }
 
@@ -532,16 +565,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     StridedMatrix dy_transposed = {dout, 1, OC};
     StridedMatrix x = {inp, C, 1};
     gemm(OC, C, N, dy_transposed, x, dweight, C, 1);
-    if (dbias != NULL) {
-        #pragma omp parallel for schedule(static)
-        for (int o0 = 0; o0 < OC; o0 += 64) {
-            const int o1 = o0 + 64 < OC ? o0 + 64 : OC;
-            for (int n = 0; n < N; n++) {
-                const float *d = dout + (size_t)n * OC;
-                for (int o = o0; o < o1; o++) { dbias[o] += d[o]; }
-            }
-        }
-    }
+    bias_backward(dbias, dout, OC, N, OC);
 }
 
 // Causal multi-head self-attention, NH heads of size hs = C/NH.
@@ -664,29 +688,80 @@ void gelu_backward_inplace(float *d, const float *inp, size_t n) {
     }
 }
 
-// Pooling: the hidden state of the last real token of each sequence, through
-// the final LayerNorm. Only these B rows feed the head, so the final LayerNorm
-// is computed for them alone.
-// pooled[b,:] = LN(residual[b, lengths[b]-1, :])      pooled (B,C)
-void pool_last_token_forward(float *pooled, float *mean, float *rstd, const float *residual,
-                                    const int *lengths, const float *weight, const float *bias,
-                                    int B, int T, int C) {
+// Attention in the last block, where only each sequence's last real
+// position t = lengths[b]-1 matters (it alone reaches the head): one query
+// per (b, h) against the keys and values of positions 0..t.
+//   p[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u p[u] v_u
+// q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps p.
+void last_attention_forward(float *out, float *att, const float *q, const float *qkv, const int *lengths,
+                            int B, int T, int C, int NH) {
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        const float *row = residual + ((size_t)b * T + lengths[b] - 1) * C;
-        layernorm_forward(pooled + (size_t)b * C, mean + b, rstd + b, row, weight, bias, 1, C);
+        for (int h = 0; h < NH; h++) {
+            const int t = lengths[b] - 1;
+            const float *qh = q + (size_t)b * C + h * hs;
+            const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
+            float *p = att + ((size_t)b * NH + h) * T;
+            float max_score = -FLT_MAX;
+            for (int u = 0; u <= t; u++) {
+                float dot = 0.0f;
+                for (int i = 0; i < hs; i++) { dot += qh[i] * k[(size_t)u * 3 * C + i]; }
+                p[u] = dot * scale;
+                if (p[u] > max_score) { max_score = p[u]; }
+            }
+            float sum = 0.0f;
+            for (int u = 0; u <= t; u++) { p[u] = exp_fast(p[u] - max_score); sum += p[u]; }
+            for (int u = 0; u <= t; u++) { p[u] /= sum; }
+            float *o = out + (size_t)b * C + h * hs;
+            for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
+            for (int u = 0; u <= t; u++) {
+                for (int i = 0; i < hs; i++) { o[i] += p[u] * v[(size_t)u * 3 * C + i]; }
+            }
+        }
     }
 }
 
-// The gradient reaches the residual stream only at each sequence's last real
-// position; every other position receives zero here.
-void pool_last_token_backward(float *dresidual, float *dweight, float *dbias,
-                                     const float *dpooled, const float *residual, const int *lengths,
-                                     const float *weight, const float *mean, const float *rstd,
-                                     int B, int T, int C) {
+// Its backward, from dO (B,C):
+//   dv_u = p[u] dO;   dp[u] = dO . v_u;   ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]) / sqrt(hs)
+//   dq = sum_u ds[u] k_u;   dk_u = ds[u] q
+// dq (B,C) is overwritten; so are the k and v parts of dqkv (B,T,3C), zero
+// past each sequence's last position. The q part of dqkv is not used.
+void last_attention_backward(float *dq, float *dqkv, const float *dout, const float *q, const float *qkv,
+                             const float *att, const int *lengths, int B, int T, int C, int NH) {
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        const size_t row = ((size_t)b * T + lengths[b] - 1) * C;
-        layernorm_backward(dresidual + row, dweight, dbias, dpooled + (size_t)b * C,
-                           residual + row, weight, mean + b, rstd + b, 1, C);
+        for (int h = 0; h < NH; h++) {
+            const int t = lengths[b] - 1;
+            const float *qh = q + (size_t)b * C + h * hs, *dO = dout + (size_t)b * C + h * hs;
+            const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
+            float *dk = dqkv + (size_t)b * T * 3 * C + C + h * hs, *dv = dk + C;
+            float *dqh = dq + (size_t)b * C + h * hs;
+            const float *p = att + ((size_t)b * NH + h) * T;
+            float weighted_sum = 0.0f;
+            for (int u = 0; u <= t; u++) { // dv, and dp kept in dk's first slot for now
+                float dot = 0.0f;
+                for (int i = 0; i < hs; i++) { dot += dO[i] * v[(size_t)u * 3 * C + i]; }
+                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = p[u] * dO[i]; }
+                dk[(size_t)u * 3 * C] = dot;
+                weighted_sum += p[u] * dot;
+            }
+            for (int i = 0; i < hs; i++) { dqh[i] = 0.0f; }
+            for (int u = 0; u <= t; u++) {
+                const float ds = p[u] * (dk[(size_t)u * 3 * C] - weighted_sum) * scale;
+                for (int i = 0; i < hs; i++) {
+                    dqh[i] += ds * k[(size_t)u * 3 * C + i];
+                    dk[(size_t)u * 3 * C + i] = ds * qh[i];
+                }
+            }
+            for (int u = t + 1; u < T; u++) {
+                memset(dk + (size_t)u * 3 * C, 0, (size_t)hs * sizeof(float));
+                memset(dv + (size_t)u * 3 * C, 0, (size_t)hs * sizeof(float));
+            }
+        }
     }
 }
 
@@ -818,46 +893,63 @@ void carve_parameters(ParameterTensors *t, float *memory, const size_t sizes[NUM
     }
 }
 
-// Everything the forward pass keeps for the backward pass.
-#define NUM_ACTIVATION_TENSORS 16
+// Everything the forward pass keeps for the backward pass. Layers 0..L-2 run
+// at every position; the last block runs only at each sequence's last real
+// position (see last_block_forward), except for its keys and values.
+#define NUM_ACTIVATION_TENSORS 26
 typedef struct {
-    float *encoded;   // (B,T,C)      embeddings, the input of layer 0
-    float *ln1;       // (L,B,T,C)
-    float *ln1_mean;  // (L,B,T)
-    float *ln1_rstd;  // (L,B,T)
-    float *qkv;       // (L,B,T,3C)
-    float *atty;      // (L,B,T,C)    attention output before its projection
-    float *att;       // (L,B,NH,T,T) attention probabilities
-    float *residual2; // (L,B,T,C)    after the attention block
-    float *ln2;       // (L,B,T,C)
-    float *ln2_mean;  // (L,B,T)
-    float *ln2_rstd;  // (L,B,T)
-    float *fch;       // (L,B,T,4C)   MLP pre-activation (GELU is recomputed in backward)
-    float *residual3; // (L,B,T,C)    after the MLP block: the layer's output
-    float *pooled;    // (B,C)        final LayerNorm of the last real token
-    float *lnf_mean;  // (B)
-    float *lnf_rstd;  // (B)
+    float *encoded;        // (B,T,C)        embeddings, the input of layer 0
+    float *ln1;            // (L,B,T,C)
+    float *ln1_mean;       // (L,B,T)
+    float *ln1_rstd;       // (L,B,T)
+    float *qkv;            // (L,B,T,3C)     in the last layer, k and v only
+    float *atty;           // (L-1,B,T,C)    attention output before its projection
+    float *att;            // (L-1,B,NH,T,T) attention probabilities
+    float *residual2;      // (L-1,B,T,C)    after the attention block
+    float *ln2;            // (L-1,B,T,C)
+    float *ln2_mean;       // (L-1,B,T)
+    float *ln2_rstd;       // (L-1,B,T)
+    float *fch;            // (L-1,B,T,4C)   MLP pre-activation (GELU is recomputed in backward)
+    float *residual3;      // (L-1,B,T,C)    after the MLP block: the layer's output
+    float *last_ln1;       // (B,C)          the last block at the last real positions
+    float *last_q;         // (B,C)
+    float *last_att;       // (B,NH,T)
+    float *last_atty;      // (B,C)
+    float *last_residual2; // (B,C)
+    float *last_ln2;       // (B,C)
+    float *last_ln2_mean;  // (B)
+    float *last_ln2_rstd;  // (B)
+    float *last_fch;       // (B,4C)
+    float *last_residual3; // (B,C)
+    float *pooled;         // (B,C)          final LayerNorm of the last block's output
+    float *lnf_mean;       // (B)
+    float *lnf_rstd;       // (B)
 } ActivationTensors;
 
 void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int B, int T) {
-    const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads;
-    const size_t BT = (size_t)B * T;
+    const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, Bs = B;
+    const size_t BT = (size_t)B * T, full = L - 1; // layers run at every position
     sizes[0] = BT * C;
-    sizes[1] = L * BT * C;  sizes[2] = L * BT;  sizes[3] = L * BT;
+    sizes[1] = L * BT * C;         sizes[2] = L * BT;          sizes[3] = L * BT;
     sizes[4] = L * BT * 3 * C;
-    sizes[5] = L * BT * C;
-    sizes[6] = L * B * NH * (size_t)T * T;
-    sizes[7] = L * BT * C;
-    sizes[8] = L * BT * C;  sizes[9] = L * BT;  sizes[10] = L * BT;
-    sizes[11] = L * BT * 4 * C;
-    sizes[12] = L * BT * C;
-    sizes[13] = (size_t)B * C; sizes[14] = B; sizes[15] = B;
+    sizes[5] = full * BT * C;      sizes[6] = full * Bs * NH * (size_t)T * T;
+    sizes[7] = full * BT * C;
+    sizes[8] = full * BT * C;      sizes[9] = full * BT;       sizes[10] = full * BT;
+    sizes[11] = full * BT * 4 * C; sizes[12] = full * BT * C;
+    sizes[13] = Bs * C;            sizes[14] = Bs * C;         sizes[15] = Bs * NH * T;
+    sizes[16] = Bs * C;            sizes[17] = Bs * C;         sizes[18] = Bs * C;
+    sizes[19] = Bs;                sizes[20] = Bs;             sizes[21] = Bs * 4 * C;
+    sizes[22] = Bs * C;
+    sizes[23] = Bs * C;            sizes[24] = Bs;             sizes[25] = Bs;
 }
 
 void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
     float **slots[NUM_ACTIVATION_TENSORS] = {
         &t->encoded, &t->ln1, &t->ln1_mean, &t->ln1_rstd, &t->qkv, &t->atty, &t->att, &t->residual2,
-        &t->ln2, &t->ln2_mean, &t->ln2_rstd, &t->fch, &t->residual3, &t->pooled, &t->lnf_mean, &t->lnf_rstd};
+        &t->ln2, &t->ln2_mean, &t->ln2_rstd, &t->fch, &t->residual3,
+        &t->last_ln1, &t->last_q, &t->last_att, &t->last_atty, &t->last_residual2, &t->last_ln2,
+        &t->last_ln2_mean, &t->last_ln2_rstd, &t->last_fch, &t->last_residual3,
+        &t->pooled, &t->lnf_mean, &t->lnf_rstd};
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         *slots[i] = memory;
         memory += sizes[i];
@@ -875,6 +967,9 @@ typedef struct {
     float *dscores;   // (threads, ATTENTION_BLOCK, T)  attention_backward's scratch
     float *dpooled;   // (B,C)
     float *dlogits;   // (B,K)
+    float *dlast;     // (B,C)     dL/d(last block's residual stream) at the last positions
+    float *dlast_q;   // (B,C)
+    float *dlast_ln1; // (B,C)
 } BackwardBuffers;
 
 typedef struct {
@@ -1104,16 +1199,17 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     model->acts_memory = (float *)malloc_or_die(total * sizeof(float), "activations");
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
-    const size_t buf_sizes[9] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C,
-                                 (size_t)max_threads() * ATTENTION_BLOCK * T, B * C, B * K};
-    float **buf_slots[9] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
-                            &model->bufs.dfch, &model->bufs.gelu, &model->bufs.dscores,
-                            &model->bufs.dpooled, &model->bufs.dlogits};
+    const size_t buf_sizes[12] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C,
+                                  (size_t)max_threads() * ATTENTION_BLOCK * T, B * C, B * K, B * C, B * C, B * C};
+    float **buf_slots[12] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
+                             &model->bufs.dfch, &model->bufs.gelu, &model->bufs.dscores,
+                             &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
+                             &model->bufs.dlast_q, &model->bufs.dlast_ln1};
     size_t buf_total = 0;
-    for (int i = 0; i < 9; i++) { buf_total += buf_sizes[i]; }
+    for (int i = 0; i < 12; i++) { buf_total += buf_sizes[i]; }
     model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
     float *p = model->bufs_memory;
-    for (int i = 0; i < 9; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
+    for (int i = 0; i < 12; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
     model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
     model->max_batch = B;
     model->max_seq = T;
@@ -1144,14 +1240,86 @@ void validate_batch(const GPT2 *model, const Batch *batch) {
     }
 }
 
+// One transformer block at every position (layers 0..L-2):
+//   residual2 = input + proj(attention(LN1(input)))
+//   residual3 = residual2 + proj(GELU(fc(LN2(residual2))))
+void block_forward(GPT2 *model, int l, const float *input) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, N = B * T;
+    const size_t BT = (size_t)N;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+    float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+    float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
+    float *att = a.att + l * (size_t)B * NH * T * T, *residual2 = a.residual2 + l * BT * C;
+    float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
+    float *fch = a.fch + l * BT * 4 * C, *residual3 = a.residual3 + l * BT * C;
+    float *gelu = model->bufs.gelu;
+
+    layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
+    fill_rows_with_bias(qkv, 3 * C, p.qkvb + l * 3 * C, N, 3 * C);
+    matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
+    attention_forward(atty, att, qkv, B, T, C, NH);
+    residual_plus_bias(residual2, input, p.attprojb + l * C, N, C);
+    matmul_forward_accumulate(residual2, atty, p.attprojw + (size_t)l * C * C, N, C, C);
+
+    layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C);
+    fill_rows_with_bias(fch, 4 * C, p.fcb + l * 4 * C, N, 4 * C);
+    matmul_forward_accumulate(fch, ln2, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C);
+    gelu_forward(gelu, fch, BT * 4 * C);
+    residual_plus_bias(residual3, residual2, p.fcprojb + l * C, N, C);
+    matmul_forward_accumulate(residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C);
+}
+
+// The last block. Only each sequence's last real position reaches the head,
+// and a position's output depends on the other positions only through their
+// keys and values. So keys and values are computed everywhere, and the query,
+// attention, projection and MLP for the B last positions alone: a (B,C)
+// computation instead of (B,T,C). Same math as block_forward.
+void last_block_forward(GPT2 *model, const float *input) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, N = B * T;
+    const int l = cfg->num_layers - 1;
+    const size_t BT = (size_t)N;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+    float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+    float *qkv = a.qkv + l * BT * 3 * C;
+    const float *qkvw = p.qkvw + (size_t)l * 3 * C * C, *qkvb = p.qkvb + l * 3 * C;
+    float *gelu = model->bufs.gelu; // (B,4C) of it
+
+    // keys and values at every position: qkv[:, C:3C] = LN1(input) . W_kv^T + b_kv
+    layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
+    fill_rows_with_bias(qkv + C, 3 * C, qkvb + C, N, 2 * C);
+    const StridedMatrix x = {ln1, C, 1}, w_kv_transposed = {qkvw + (size_t)C * C, 1, C};
+    gemm(N, 2 * C, C, x, w_kv_transposed, qkv + C, 3 * C, 1);
+
+    // the query and everything after it at the last positions only
+    gather_last_positions(a.last_ln1, ln1, model->lengths, B, T, C);
+    fill_rows_with_bias(a.last_q, C, qkvb, B, C);
+    matmul_forward_accumulate(a.last_q, a.last_ln1, qkvw, B, C, C);
+    last_attention_forward(a.last_atty, a.last_att, a.last_q, qkv, model->lengths, B, T, C, NH);
+    gather_last_positions(a.last_residual2, input, model->lengths, B, T, C);
+    for (int b = 0; b < B; b++) {
+        for (int i = 0; i < C; i++) { a.last_residual2[b * C + i] += p.attprojb[l * C + i]; }
+    }
+    matmul_forward_accumulate(a.last_residual2, a.last_atty, p.attprojw + (size_t)l * C * C, B, C, C);
+    layernorm_forward(a.last_ln2, a.last_ln2_mean, a.last_ln2_rstd, a.last_residual2,
+                      p.ln2w + l * C, p.ln2b + l * C, B, C);
+    fill_rows_with_bias(a.last_fch, 4 * C, p.fcb + l * 4 * C, B, 4 * C);
+    matmul_forward_accumulate(a.last_fch, a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
+    gelu_forward(gelu, a.last_fch, (size_t)B * 4 * C);
+    residual_plus_bias(a.last_residual3, a.last_residual2, p.fcprojb + l * C, B, C);
+    matmul_forward_accumulate(a.last_residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, B, 4 * C, C);
+}
+
 // Runs the model on a batch: fills model->logits (B,K). When the batch has
 // targets (labels or regression targets), also computes model->loss and
 // leaves dlogits ready for gpt2_backward, scaled by grad_scale.
 void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
     validate_batch(model, batch);
     const GPT2Config *cfg = &model->config;
-    const int B = batch->B, T = batch->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
-    const size_t BT = (size_t)B * T;
+    const int B = batch->B, T = batch->T, C = cfg->channels, K = cfg->num_labels;
     gpt2_ensure_buffers(model, B, T);
     model->B = B; model->T = T;
     model->tokens = batch->tokens; model->lengths = batch->lengths;
@@ -1159,37 +1327,12 @@ void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
     ActivationTensors a = model->acts;
 
     encoder_forward(a.encoded, batch->tokens, p.wte, p.wpe, B, T, C);
-    for (int l = 0; l < cfg->num_layers; l++) {
-        const float *input = l == 0 ? a.encoded : a.residual3 + (l - 1) * BT * C;
-        float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
-        float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
-        float *att = a.att + l * (size_t)B * NH * T * T;
-        float *residual2 = a.residual2 + l * BT * C;
-        float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
-        float *fch = a.fch + l * BT * 4 * C, *residual3 = a.residual3 + l * BT * C;
-        float *gelu = model->bufs.gelu;
-
-        // attention block: residual2 = input + proj(attention(LN1(input)))
-        layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, (int)BT, C);
-        fill_rows_with_bias(qkv, p.qkvb + l * 3 * C, (int)BT, 3 * C);
-        matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, (int)BT, C, 3 * C);
-        attention_forward(atty, att, qkv, B, T, C, NH);
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < BT * C; i++) { residual2[i] = input[i] + p.attprojb[l * C + i % C]; }
-        matmul_forward_accumulate(residual2, atty, p.attprojw + (size_t)l * C * C, (int)BT, C, C);
-
-        // MLP block: residual3 = residual2 + proj(GELU(fc(LN2(residual2))))
-        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, (int)BT, C);
-        fill_rows_with_bias(fch, p.fcb + l * 4 * C, (int)BT, 4 * C);
-        matmul_forward_accumulate(fch, ln2, p.fcw + (size_t)l * 4 * C * C, (int)BT, C, 4 * C);
-        gelu_forward(gelu, fch, BT * 4 * C);
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < BT * C; i++) { residual3[i] = residual2[i] + p.fcprojb[l * C + i % C]; }
-        matmul_forward_accumulate(residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, (int)BT, 4 * C, C);
+    for (int l = 0; l < cfg->num_layers - 1; l++) {
+        block_forward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * (size_t)B * T * C);
     }
-    const float *final_residual = a.residual3 + (cfg->num_layers - 1) * BT * C;
-    pool_last_token_forward(a.pooled, a.lnf_mean, a.lnf_rstd, final_residual, batch->lengths,
-                            p.lnfw, p.lnfb, B, T, C);
+    const int last = cfg->num_layers - 1;
+    last_block_forward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * (size_t)B * T * C);
+    layernorm_forward(a.pooled, a.lnf_mean, a.lnf_rstd, a.last_residual3, p.lnfw, p.lnfb, B, C);
     classifier_forward(model->logits, a.pooled, p.score, B, C, K);
 
     model->loss = -1.0f;
@@ -1212,6 +1355,87 @@ void gpt2_zero_grad(GPT2 *model) {
     memset(model->grads_memory, 0, model->num_parameters * sizeof(float));
 }
 
+// Backward of block_forward: d.dresidual holds dL/d(the block's output) and
+// becomes dL/d(its input). A residual add passes its gradient through
+// unchanged, so each branch's input gradient is added to it in place.
+void block_backward(GPT2 *model, int l, const float *input) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, N = B * T;
+    const size_t BT = (size_t)N;
+    ParameterTensors p = model->params, g = model->grads;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs;
+    const float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+    const float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
+    const float *att = a.att + l * (size_t)B * NH * T * T, *residual2 = a.residual2 + l * BT * C;
+    const float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
+    const float *fch = a.fch + l * BT * 4 * C;
+
+    gelu_forward(d.gelu, fch, BT * 4 * C);
+    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dresidual,
+                    d.gelu, p.fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C);
+    gelu_backward_inplace(d.dfch, fch, BT * 4 * C);
+    matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
+                    ln2, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C);
+    layernorm_backward(d.dresidual, g.ln2w + l * C, g.ln2b + l * C, d.dln, residual2,
+                       p.ln2w + l * C, ln2_mean, ln2_rstd, N, C);
+
+    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dresidual,
+                    atty, p.attprojw + (size_t)l * C * C, N, C, C);
+    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH);
+    matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
+                    ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
+    layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
+                       p.ln1w + l * C, ln1_mean, ln1_rstd, N, C);
+}
+
+// Backward of last_block_forward: d.dlast holds dL/d(last_residual3) (B,C);
+// on return d.dresidual holds dL/d(the block's input) at every position.
+void last_block_backward(GPT2 *model, const float *input) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, N = B * T;
+    const int l = cfg->num_layers - 1;
+    const size_t BT = (size_t)N;
+    ParameterTensors p = model->params, g = model->grads;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs; // d.gelu, d.dfch, d.dln, d.datty: their first B rows
+    const float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
+    const float *qkv = a.qkv + l * BT * 3 * C, *qkvw = p.qkvw + (size_t)l * 3 * C * C;
+    float *dqkvw = g.qkvw + (size_t)l * 3 * C * C, *dqkvb = g.qkvb + l * 3 * C;
+
+    // MLP and attention projection, at the last positions
+    gelu_forward(d.gelu, a.last_fch, (size_t)B * 4 * C);
+    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dlast,
+                    d.gelu, p.fcprojw + (size_t)l * 4 * C * C, B, 4 * C, C);
+    gelu_backward_inplace(d.dfch, a.last_fch, (size_t)B * 4 * C);
+    matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
+                    a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
+    layernorm_backward(d.dlast, g.ln2w + l * C, g.ln2b + l * C, d.dln, a.last_residual2,
+                       p.ln2w + l * C, a.last_ln2_mean, a.last_ln2_rstd, B, C);
+    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dlast,
+                    a.last_atty, p.attprojw + (size_t)l * C * C, B, C, C);
+
+    // attention: dq at the last positions, dk and dv everywhere
+    last_attention_backward(d.dlast_q, d.dqkv, d.datty, a.last_q, qkv, a.last_att, model->lengths, B, T, C, NH);
+
+    // keys and values: dln1 = dkv . W_kv;  dW_kv += dkv^T . ln1;  db_kv += sum dkv
+    const StridedMatrix dkv = {d.dqkv + C, 3 * C, 1}, w_kv = {qkvw + (size_t)C * C, C, 1};
+    gemm(N, C, 2 * C, dkv, w_kv, d.dln, C, 0);
+    const StridedMatrix dkv_transposed = {d.dqkv + C, 1, 3 * C}, x = {ln1, C, 1};
+    gemm(2 * C, C, N, dkv_transposed, x, dqkvw + (size_t)C * C, C, 1);
+    bias_backward(dqkvb + C, d.dqkv + C, 3 * C, N, 2 * C);
+    // the query: the same three products for the B last positions
+    matmul_backward(d.dlast_ln1, dqkvw, dqkvb, d.dlast_q, a.last_ln1, qkvw, B, C, C);
+    scatter_add_last_positions(d.dln, d.dlast_ln1, model->lengths, B, T, C);
+
+    // the residual stream: the last positions' gradient passes through the
+    // residual adds; LN1 feeds every position
+    memset(d.dresidual, 0, BT * C * sizeof(float));
+    scatter_add_last_positions(d.dresidual, d.dlast, model->lengths, B, T, C);
+    layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
+                       p.ln1w + l * C, ln1_mean, ln1_rstd, N, C);
+}
+
 // Adds the gradient of the last forward's loss (times its grad_scale) to the
 // parameter gradients. Call gpt2_zero_grad before the first micro-batch.
 void gpt2_backward(GPT2 *model) {
@@ -1219,48 +1443,20 @@ void gpt2_backward(GPT2 *model) {
     if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
     if (max_threads() > model->buffer_threads) { fail("gpt2_backward: the thread count grew after the forward pass"); }
     const GPT2Config *cfg = &model->config;
-    const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, K = cfg->num_labels;
-    const size_t BT = (size_t)B * T;
+    const int B = model->B, T = model->T, C = cfg->channels, K = cfg->num_labels;
+    const size_t BTC = (size_t)B * T * C;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     BackwardBuffers d = model->bufs;
 
-    const float *final_residual = a.residual3 + (cfg->num_layers - 1) * BT * C;
     classifier_backward(d.dpooled, g.score, d.dlogits, a.pooled, p.score, B, C, K);
-    memset(d.dresidual, 0, BT * C * sizeof(float));
-    pool_last_token_backward(d.dresidual, g.lnfw, g.lnfb, d.dpooled, final_residual, model->lengths,
-                             p.lnfw, a.lnf_mean, a.lnf_rstd, B, T, C);
-
-    // d.dresidual holds dL/d(output of layer l); each step turns it into
-    // dL/d(input of layer l). A residual add passes its gradient through
-    // unchanged, so the branches' input gradients are added to it in place.
-    for (int l = cfg->num_layers - 1; l >= 0; l--) {
-        const float *input = l == 0 ? a.encoded : a.residual3 + (l - 1) * BT * C;
-        const float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
-        const float *qkv = a.qkv + l * BT * 3 * C, *atty = a.atty + l * BT * C;
-        const float *att = a.att + l * (size_t)B * NH * T * T;
-        const float *residual2 = a.residual2 + l * BT * C;
-        const float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
-        const float *fch = a.fch + l * BT * 4 * C;
-
-        // MLP block
-        gelu_forward(d.gelu, fch, BT * 4 * C);
-        matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dresidual,
-                        d.gelu, p.fcprojw + (size_t)l * 4 * C * C, (int)BT, 4 * C, C);
-        gelu_backward_inplace(d.dfch, fch, BT * 4 * C);
-        matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
-                        ln2, p.fcw + (size_t)l * 4 * C * C, (int)BT, C, 4 * C);
-        layernorm_backward(d.dresidual, g.ln2w + l * C, g.ln2b + l * C, d.dln, residual2,
-                           p.ln2w + l * C, ln2_mean, ln2_rstd, (int)BT, C);
-
-        // attention block
-        matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dresidual,
-                        atty, p.attprojw + (size_t)l * C * C, (int)BT, C, C);
-        attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH);
-        matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
-                        ln1, p.qkvw + (size_t)l * 3 * C * C, (int)BT, C, 3 * C);
-        layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
-                           p.ln1w + l * C, ln1_mean, ln1_rstd, (int)BT, C);
+    memset(d.dlast, 0, (size_t)B * C * sizeof(float));
+    layernorm_backward(d.dlast, g.lnfw, g.lnfb, d.dpooled, a.last_residual3, p.lnfw,
+                       a.lnf_mean, a.lnf_rstd, B, C);
+    const int last = cfg->num_layers - 1;
+    last_block_backward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * BTC);
+    for (int l = last - 1; l >= 0; l--) {
+        block_backward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * BTC);
     }
     encoder_backward(g.wte, g.wpe, d.dresidual, model->tokens, B, T, C);
 }

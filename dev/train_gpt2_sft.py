@@ -855,14 +855,14 @@ def test_inputs(out_dir, data_path=None):
     jobs = [
         (tiny, lambda p: write_checkpoint(p, config_by_name("tiny"), random_params(config_by_name("tiny"), 1337))),
         (os.path.join(out_dir, "gpt2_tiny_debug_state.bin"),
-         lambda p: debug_state(tiny, p, B=4, T=24, num_labels=3, steps=10, warmup=3, lr=1e-3,
+         lambda p: debug_state(tiny, p, B=4, T=100, num_labels=3, steps=10, warmup=3, lr=1e-3,
                                weight_decay=0.1, seed=42, data_path=data_path)),
         (os.path.join(out_dir, "gpt2_tiny_reg_debug_state.bin"),
          lambda p: debug_state(tiny, p, B=3, T=16, num_labels=1, steps=10, warmup=3, lr=1e-3,
                                weight_decay=0.1, seed=43, data_path=data_path)),
         (big, lambda p: write_checkpoint(p, config_by_name("d12"), random_params(config_by_name("d12"), 1337))),
         (os.path.join(out_dir, "gpt2_124M_debug_state.bin"),
-         lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=10, warmup=3, lr=1e-4,
+         lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=10, warmup=3, lr=1e-5,
                                weight_decay=0.1, seed=44, data_path=data_path)),
     ]
     for path, make in jobs:

@@ -1,56 +1,80 @@
 # Build, test and run train_gpt2_sft.
 #   make            build the trainer and the test
-#   make test       build, generate missing reference files (PyTorch), run all tests
-#   make run        build, prepare IMDB, fine-tune, evaluate
-#   make NO_OMP=1 … the same without OpenMP (single thread)
-#   make asan / make ubsan   the tests under AddressSanitizer / UndefinedBehaviorSanitizer
+#   make test       build, generate missing reference files (PyTorch), run every test suite
+#   make run        build, prepare IMDB, fine-tune, evaluate (see README)
+#   make NO_OMP=1 …  the same without OpenMP (one thread)
+#   make asan / make ubsan   the C tests under AddressSanitizer / UndefinedBehaviorSanitizer
 
 CC ?= cc
-PYTHON ?= /usr/bin/python3
+PYTHON ?= python3
+# the PyTorch reference needs Debian's python3-torch, which lives in /usr/bin/python3
+TORCH_PYTHON ?= /usr/bin/python3
 OPT ?= -O3 -march=native
 CFLAGS ?= $(OPT) -ffp-contract=fast
 CFLAGS += -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
 LDLIBS = -lm
 REF = build/ref
-
 ifeq ($(NO_OMP),1)
   OMP_FLAGS =
 else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c test-python run asan ubsan clean reference
+.PHONY: all test test-c test-python run asan ubsan clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
-train_gpt2_sft: train_gpt2_sft.c
+# Rebuild whenever the compiler or flags change (e.g. NO_OMP=1 after a default build).
+build/flags: FORCE
+	@mkdir -p build
+	@echo '$(CC) $(CFLAGS) $(OMP_FLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(OMP_FLAGS)' > $@
+
+train_gpt2_sft: train_gpt2_sft.c build/flags
 	$(CC) $(CFLAGS) $(OMP_FLAGS) -o $@ $< $(LDLIBS)
 
-test_sft: test_sft.c train_gpt2_sft.c
+test_sft: test_sft.c train_gpt2_sft.c build/flags
+	$(CC) $(CFLAGS) $(OMP_FLAGS) -o $@ $< $(LDLIBS)
+
+build/bench_sft: dev/bench_sft.c train_gpt2_sft.c build/flags
 	$(CC) $(CFLAGS) $(OMP_FLAGS) -o $@ $< $(LDLIBS)
 
 # Reference files: random GPT-2 checkpoints (tiny and 124M shapes) and the
-# PyTorch debug states the C test compares against.
-REF_FILES = $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin \
-            $(REF)/gpt2_124M.bin $(REF)/gpt2_124M_debug_state.bin
-reference: $(REF_FILES)
-$(REF_FILES) &: dev/train_gpt2_sft.py
-	$(PYTHON) dev/train_gpt2_sft.py test-inputs --out-dir $(REF)
+# PyTorch debug states the C test compares against (real IMDB tokens when
+# data/imdb exists, random ones otherwise).
+REF_DATA = $(if $(wildcard data/imdb/imdb_train.bin),--data data/imdb/imdb_train.bin,)
+REF_TINY = $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin
+REF_124M = $(REF)/gpt2_124M.bin $(REF)/gpt2_124M_debug_state.bin
+reference: $(REF_TINY) $(REF_124M)
+$(REF_TINY) $(REF_124M):
+	$(TORCH_PYTHON) dev/train_gpt2_sft.py test-inputs --out-dir $(REF) $(REF_DATA)
 
+# js-tiktoken, the independent tokenizer prepro_imdb.py is checked against
+build/npm/node_modules/js-tiktoken:
+	npm install --prefix build/npm --no-audit --no-fund js-tiktoken@1.0.21
+
+C_SUITES = \
+  "C, tiny model::./test_sft $(REF_TINY)" \
+  "C, GPT-2 124M shapes::./test_sft $(REF_124M)"
+PYTHON_SUITES = \
+  "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
+  "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
+  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py"
+
+test: all reference build/npm/node_modules/js-tiktoken
+	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)
+
+# the C tests alone (CI also runs them as `make NO_OMP=1 test-c`)
 test-c: test_sft reference
-	./test_sft $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin
-	./test_sft $(REF)/gpt2_124M.bin $(REF)/gpt2_124M_debug_state.bin
-
-test: test-c
+	bash dev/run_tests.sh $(C_SUITES)
 
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
 asan: reference
 	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/test_sft_asan test_sft.c $(LDLIBS)
-	./build/test_sft_asan $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin
+	./build/test_sft_asan $(REF_TINY)
 ubsan: reference
 	$(CC) $(SAN_FLAGS) -fsanitize=undefined -fno-sanitize-recover=all -o build/test_sft_ubsan test_sft.c $(LDLIBS)
-	./build/test_sft_ubsan $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin
+	./build/test_sft_ubsan $(REF_TINY)
 
 clean:
 	rm -f train_gpt2_sft test_sft
-	rm -rf build/test_sft_*
+	rm -rf build/test_sft_* build/bench_sft build/flags

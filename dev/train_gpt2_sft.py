@@ -1075,6 +1075,7 @@ def selftest():
 
     ok = all(results)
     print(f"selftest: {'PASS' if ok else 'FAIL'} ({sum(results)}/{len(results)} checks)")
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     return ok
 
 

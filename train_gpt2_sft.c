@@ -159,12 +159,12 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // A and B are read through strides so that the three products of a linear
 // layer (forward x.W^T, backward dx = dy.W and dW = dy^T.x) are one function.
 // The classic blocked scheme (Goto; BLIS): for each KC-deep slice of K, a
-// (KC x NC) block of B is copied ("packed") into NR-wide panels shared by all
-// threads; each thread then takes (MC x KC) blocks of A, packs them into
-// MR-tall panels that stay in its L2 cache, and runs the register-tiled
-// micro-kernel over every (MR x NR) piece of C. Each element of C is summed
-// by one thread in a fixed order, so results do not depend on the number of
-// threads.
+// (KC x NC) block of B is copied ("packed") into NR-wide panels that stay in
+// cache; then (MC x KC) blocks of A are packed into MR-tall panels, and the
+// register-tiled micro-kernel computes every (MR x NR) piece of C. Threads
+// each take one rectangle of C and run this on it alone: no synchronisation
+// inside a product, and every element of C is summed in the same order
+// whatever the number of threads.
 
 // The register tile must fit the vector registers: 6 x 64 floats is 24 of the
 // 32 AVX-512 registers; elsewhere (AVX2, NEON: 16 or 32 registers of 4 or 8
@@ -186,7 +186,7 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 #define GEMM_KC 256  // depth of one packed slice
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 3072 // columns of B packed per block (multiple of GEMM_NR)
+#define GEMM_NC 1024 // columns of B packed per block (multiple of GEMM_NR)
 #endif
 
 typedef struct {
@@ -286,11 +286,8 @@ int thread_id(void) {
 #endif
 }
 
-// Packing buffers, allocated once and kept for the run: one B block shared by
-// the threads of gemm(), and per thread an A block plus a smaller B block for
-// gemm_serial().
-#define GEMM_SERIAL_NC 1024
-#define GEMM_THREAD_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_SERIAL_NC * GEMM_KC)
+// Packing buffers, one A block and one B block per thread, allocated once.
+#define GEMM_THREAD_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_NC * GEMM_KC)
 static float *gemm_workspace = NULL;
 static int gemm_workspace_threads = 0;
 
@@ -299,8 +296,7 @@ void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
     free(gemm_workspace);
-    const size_t floats = (size_t)GEMM_NC * GEMM_KC + threads * GEMM_THREAD_FLOATS;
-    gemm_workspace = (float *)malloc_or_die(floats * sizeof(float), "gemm workspace");
+    gemm_workspace = (float *)malloc_or_die(threads * GEMM_THREAD_FLOATS * sizeof(float), "gemm workspace");
     gemm_workspace_threads = threads;
 }
 
@@ -310,23 +306,17 @@ void gemm_workspace_release(void) {
     gemm_workspace_threads = 0;
 }
 
-float *gemm_thread_workspace(void) {
-    return gemm_workspace + (size_t)GEMM_NC * GEMM_KC + (size_t)thread_id() * GEMM_THREAD_FLOATS;
-}
-
-void gemm_zero_depth(int M, int N, float *c, long ldc, int accumulate) {
-    if (accumulate) { return; }
-    for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); }
-}
-
-// gemm on the calling thread alone, for small products inside parallel loops.
+// gemm on the calling thread alone (used directly inside parallel loops).
 void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
     if (M <= 0 || N <= 0) { return; }
-    if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
-    float *a_panels = gemm_thread_workspace();
+    if (K <= 0) {
+        if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
+        return;
+    }
+    float *a_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
     float *b_panels = a_panels + (size_t)GEMM_MC * GEMM_KC;
-    for (int col0 = 0; col0 < N; col0 += GEMM_SERIAL_NC) {
-        const int cols = N - col0 < GEMM_SERIAL_NC ? N - col0 : GEMM_SERIAL_NC;
+    for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
+        const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
         for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
             const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
             for (int j = 0; j < cols; j += GEMM_NR) {
@@ -341,34 +331,32 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
     }
 }
 
-// gemm with the work shared among the threads. Not for use inside a parallel
-// region (use gemm_serial there).
+// Part `part` of `parts` of 0..n, cut at multiples of `unit`.
+int split_point(int n, int unit, int part, int parts) {
+    const long units = (n + unit - 1) / unit;
+    const long point = units * part / parts * unit;
+    return point < n ? (int)point : n;
+}
+
+// gemm with C cut into one rectangle per thread, along its longer side.
+// Not for use inside a parallel region (use gemm_serial there).
 void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
-    if (M <= 0 || N <= 0) { return; }
-    if (K <= 0) { gemm_zero_depth(M, N, c, ldc, accumulate); return; }
     gemm_workspace_reserve();
-    float *b_panels = gemm_workspace;
-    for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
-        const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
-        const int num_panels = (cols + GEMM_NR - 1) / GEMM_NR;
-        for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
-            const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
-            const int add = accumulate || k0 > 0;
-            #pragma omp parallel
-            {
-                #pragma omp for schedule(static)
-                for (int p = 0; p < num_panels; p++) {
-                    const int j = p * GEMM_NR;
-                    pack_b_panel(b_panels + (size_t)j * kc, b, col0 + j, cols - j < GEMM_NR ? cols - j : GEMM_NR, k0, kc);
-                }
-                float *a_panels = gemm_thread_workspace();
-                #pragma omp for schedule(dynamic, 1)
-                for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
-                    const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
-                    pack_a(a_panels, a, row0, rows, k0, kc);
-                    gemm_packed_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, add);
-                }
-            }
+    #pragma omp parallel
+    {
+#ifdef _OPENMP
+        const int part = omp_get_thread_num(), parts = omp_get_num_threads();
+#else
+        const int part = 0, parts = 1;
+#endif
+        if (M >= N) {
+            const int r0 = split_point(M, GEMM_MR, part, parts), r1 = split_point(M, GEMM_MR, part + 1, parts);
+            StridedMatrix a_part = {a.data + (long)r0 * a.row_stride, a.row_stride, a.col_stride};
+            gemm_serial(r1 - r0, N, K, a_part, b, c + (long)r0 * ldc, ldc, accumulate);
+        } else {
+            const int c0 = split_point(N, GEMM_NR, part, parts), c1 = split_point(N, GEMM_NR, part + 1, parts);
+            StridedMatrix b_part = {b.data + (long)c0 * b.col_stride, b.row_stride, b.col_stride};
+            gemm_serial(M, c1 - c0, K, a, b_part, c + c0, ldc, accumulate);
         }
     }
 }

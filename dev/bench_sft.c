@@ -3,11 +3,15 @@ bench_sft.c: speed and memory of train_gpt2_sft.c's training step and matmul.
 
   make bench_sft
   ./build/bench_sft step   [--depth 12] [-B 8] [-T 256] [--steps 3] [--lengths random|full]
+                           [--data data/imdb/imdb_train.bin]   (real batches, T = max length)
   ./build/bench_sft matmul [-B 8] [-T 256] [--reps 5]
 
 `step` times forward + backward + AdamW on a random-initialised model of the
 GPT-2 shapes (d12 = 124M) and prints tokens/s (real tokens, padding excluded)
-and seconds per step, after one warm-up step. `matmul` times the three
+and seconds per step, after one warm-up step. With --data, batch s (s = 0 is
+the warm-up) holds the B examples starting at (s+1)(N-B)/(steps+2) in the
+order of truncated length (ties by index): length-grouped batches of real
+reviews, padded to their longest; dev/bench_train.py picks the same ones. `matmul` times the three
 products of every linear layer (forward y = x W^T, backward dx = dy W and
 dW = dy^T x) at the model's shapes and prints GFLOP/s. Both print one
 machine-readable line starting with "result:" for dev/bench_train.py.
@@ -28,26 +32,50 @@ static void fill_random(float *x, size_t n, uint64_t seed) {
     for (size_t i = 0; i < n; i++) { x[i] = rng_normal(&state); }
 }
 
-static int bench_step(int depth, int B, int T, int steps, int full_lengths) {
+static const Dataset *sort_dataset; // for the qsort comparison below
+static int sort_max_len;
+static int by_truncated_length(const void *x, const void *y) {
+    const int64_t i = *(const int64_t *)x, j = *(const int64_t *)y;
+    const int li = truncated_length(sort_dataset->lengths[i], sort_max_len);
+    const int lj = truncated_length(sort_dataset->lengths[j], sort_max_len);
+    if (li != lj) { return li < lj ? -1 : 1; }
+    return i < j ? -1 : (i > j);
+}
+
+static int bench_step(int depth, int B, int T, int steps, int full_lengths, const char *data_path) {
     GPT2 model;
     gpt2_build_from_scratch(&model, depth, 2, 1024, 1);
-    Batch batch;
-    batch.B = B; batch.T = T;
-    batch.tokens = (int *)malloc_or_die((size_t)B * T * sizeof(int), "tokens");
-    batch.lengths = (int *)malloc_or_die((size_t)B * sizeof(int), "lengths");
-    batch.labels = (int *)malloc_or_die((size_t)B * sizeof(int), "labels");
-    batch.targets = NULL;
-    uint64_t state = rng_seed(7);
-    long real_tokens = 0;
-    for (int b = 0; b < B; b++) {
-        batch.lengths[b] = full_lengths || b == 0 ? T : 1 + (int)(rng_next(&state) % (uint64_t)T);
-        batch.labels[b] = b % 2;
-        real_tokens += batch.lengths[b];
-        for (int t = 0; t < T; t++) { batch.tokens[b * T + t] = (int)(rng_next(&state) % 50257); }
+    Batch batch = batch_alloc(B, T);
+    Dataset data;
+    int64_t *order = NULL;
+    if (data_path != NULL) {
+        dataset_open(&data, data_path, 50257);
+        order = (int64_t *)malloc_or_die((size_t)data.num_examples * sizeof(int64_t), "order");
+        for (int64_t i = 0; i < data.num_examples; i++) { order[i] = i; }
+        sort_dataset = &data;
+        sort_max_len = T;
+        qsort(order, (size_t)data.num_examples, sizeof(int64_t), by_truncated_length);
     }
+    uint64_t state = rng_seed(7);
     OptimizerConfig opt = {5e-5f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f, 0, 1000};
     double forward_s = 0, backward_s = 0, update_s = 0;
+    long real_tokens = 0, positions = 0;
     for (int step = -1; step < steps; step++) { // step -1 warms up
+        if (data_path != NULL) {
+            const int64_t start = (int64_t)(step + 2) * (data.num_examples - B) / (steps + 2);
+            fill_batch(&batch, &data, order + start, B, T, TRUNCATE_HEAD, 0);
+        } else {
+            batch.B = B; batch.T = T;
+            for (int b = 0; b < B; b++) {
+                batch.lengths[b] = full_lengths || b == 0 ? T : 1 + (int)(rng_next(&state) % (uint64_t)T);
+                batch.labels[b] = b % 2;
+                for (int t = 0; t < T; t++) { batch.tokens[b * T + t] = (int)(rng_next(&state) % 50257); }
+            }
+        }
+        if (step >= 0) {
+            for (int b = 0; b < B; b++) { real_tokens += batch.lengths[b]; }
+            positions += (long)batch.B * batch.T;
+        }
         const double t0 = seconds_now();
         gpt2_forward(&model, &batch, 1.0f);
         const double t1 = seconds_now();
@@ -58,12 +86,13 @@ static int bench_step(int depth, int B, int T, int steps, int full_lengths) {
         if (step >= 0) { forward_s += t1 - t0; backward_s += t2 - t1; update_s += t3 - t2; }
     }
     const double per_step = (forward_s + backward_s + update_s) / steps;
-    printf("d%d B=%d T=%d real tokens %ld: %.3f s/step (forward %.3f, backward %.3f, AdamW+zero %.3f)\n",
-           depth, B, T, real_tokens, per_step, forward_s / steps, backward_s / steps, update_s / steps);
+    printf("d%d B=%d T<=%d: %ld real tokens in %ld positions over %d steps: %.3f s/step (forward %.3f, backward %.3f, AdamW+zero %.3f)\n",
+           depth, B, T, real_tokens, positions, steps, per_step, forward_s / steps, backward_s / steps, update_s / steps);
     printf("result: step tokens_per_s %.1f seconds_per_step %.4f peak_rss_mib %.0f threads %d\n",
-           real_tokens / per_step, per_step, peak_rss_mib(), max_threads());
+           real_tokens / (per_step * steps), per_step, peak_rss_mib(), max_threads());
     gpt2_free(&model);
-    free(batch.tokens); free(batch.lengths); free(batch.labels);
+    batch_free(&batch);
+    if (data_path != NULL) { free(order); dataset_close(&data); }
     return 0;
 }
 
@@ -108,6 +137,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int depth = 12, B = 8, T = 256, steps = 3, reps = 5, full_lengths = 1;
+    const char *data_path = NULL;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--depth") == 0) { depth = (int)parse_long(argv[i], argv[i + 1], 1, 48); }
         else if (strcmp(argv[i], "-B") == 0) { B = (int)parse_long(argv[i], argv[i + 1], 1, 1024); }
@@ -115,9 +145,10 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--steps") == 0) { steps = (int)parse_long(argv[i], argv[i + 1], 1, 1000); }
         else if (strcmp(argv[i], "--reps") == 0) { reps = (int)parse_long(argv[i], argv[i + 1], 1, 1000); }
         else if (strcmp(argv[i], "--lengths") == 0) { full_lengths = strcmp(argv[i + 1], "random") != 0; }
+        else if (strcmp(argv[i], "--data") == 0) { data_path = argv[i + 1]; }
         else { fail("unknown flag %s", argv[i]); }
     }
-    if (strcmp(argv[1], "step") == 0) { return bench_step(depth, B, T, steps, full_lengths); }
+    if (strcmp(argv[1], "step") == 0) { return bench_step(depth, B, T, steps, full_lengths, data_path); }
     const int C = 64 * depth, N = B * T;
     bench_linear("qkv", N, C, 3 * C, reps);
     bench_linear("attproj", N, C, C, reps);

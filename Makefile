@@ -20,7 +20,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c test-python run asan ubsan clean reference FORCE
+.PHONY: all test test-c run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -54,7 +54,10 @@ build/npm/node_modules/js-tiktoken:
 
 C_SUITES = \
   "C, tiny model::./test_sft $(REF_TINY)" \
-  "C, GPT-2 124M shapes::./test_sft $(REF_124M)"
+  "C, GPT-2 124M shapes::./test_sft $(REF_124M)" \
+  "training program: resume, threads, predict::$(PYTHON) dev/test/test_train_cli.py" \
+  "bad inputs::$(PYTHON) dev/test/test_bad_inputs.py --binary ./train_gpt2_sft" \
+  "SIGKILL during checkpoint saves::$(PYTHON) dev/test/test_kill_save.py --binary ./train_gpt2_sft"
 PYTHON_SUITES = \
   "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
   "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
@@ -64,17 +67,27 @@ test: all reference build/npm/node_modules/js-tiktoken
 	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)
 
 # the C tests alone (CI also runs them as `make NO_OMP=1 test-c`)
-test-c: test_sft reference
+test-c: all reference
 	bash dev/run_tests.sh $(C_SUITES)
 
-SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
+# The C test and the bad-input corpus under AddressSanitizer (with
+# LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fno-sanitize-recover=all
 asan: reference
 	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/test_sft_asan test_sft.c $(LDLIBS)
-	./build/test_sft_asan $(REF_TINY)
+	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/train_gpt2_sft_asan train_gpt2_sft.c $(LDLIBS)
+	bash dev/run_tests.sh "C test, ASan::./build/test_sft_asan $(REF_TINY)" \
+	  "bad inputs, ASan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_asan --out-dir build/bad_inputs_asan"
 ubsan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -fno-sanitize-recover=all -o build/test_sft_ubsan test_sft.c $(LDLIBS)
-	./build/test_sft_ubsan $(REF_TINY)
+	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/test_sft_ubsan test_sft.c $(LDLIBS)
+	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/train_gpt2_sft_ubsan train_gpt2_sft.c $(LDLIBS)
+	bash dev/run_tests.sh "C test, UBSan::./build/test_sft_ubsan $(REF_TINY)" \
+	  "bad inputs, UBSan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_ubsan --out-dir build/bad_inputs_ubsan"
+
+# libFuzzer on the checkpoint and dataset readers (clang), SECONDS each
+fuzz:
+	bash dev/fuzz/run_fuzz.sh $(or $(SECONDS),60)
 
 clean:
 	rm -f train_gpt2_sft test_sft
-	rm -rf build/test_sft_* build/bench_sft build/flags
+	rm -rf build/test_sft_* build/train_gpt2_sft_* build/bench_sft build/flags

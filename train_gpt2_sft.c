@@ -36,6 +36,8 @@ test_sft.c can include this file.
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
+#else
+#pragma GCC diagnostic ignored "-Wunknown-pragmas" // built without OpenMP: its pragmas are ignored on purpose
 #endif
 
 // ----------------------------------------------------------------------------
@@ -371,7 +373,8 @@ void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long 
 static inline float exp_fast(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     const float round_magic = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer
-    const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+    const float shifted = x * 1.44269504088896341f + round_magic; // n in its low mantissa bits
+    const float n = shifted - round_magic;
     const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f; // ln 2 in two parts
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -380,7 +383,9 @@ static inline float exp_fast(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits;
+    memcpy(&bits, &shifted, sizeof(bits));
+    bits = (bits - 0x4B400000u + 127u) << 23; // (n + 127) << 23 without converting a float (maybe NaN) to int
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
@@ -1552,6 +1557,21 @@ const char *first_nonfinite_gradient(const GPT2 *model) {
     return "no tensor";
 }
 
+// The name of the first parameter tensor holding a NaN or infinity, or NULL.
+const char *first_nonfinite_parameter(const GPT2 *model) {
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        const float *p = model->params_memory + offset;
+        const long n = (long)model->param_sizes[t];
+        int bad = 0;
+        #pragma omp parallel for schedule(static) reduction(|:bad)
+        for (long i = 0; i < n; i++) { bad |= !isfinite(p[i]); }
+        if (bad) { return parameter_names[t]; }
+        offset += model->param_sizes[t];
+    }
+    return NULL;
+}
+
 void gpt2_free(GPT2 *model) {
     free(model->params_memory);
     free(model->grads_memory);
@@ -1643,9 +1663,9 @@ int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_siz
     const int64_t payload = (int64_t)(size - DATA_HEADER_BYTES);
     if (d->num_examples > payload / 20 || d->num_tokens < 0 || d->num_tokens > payload / 2 ||
         20 * d->num_examples + 2 * d->num_tokens != payload) {
-        snprintf(error, error_size, "file is %zu bytes but its header (%lld examples, %lld tokens) describes %lld bytes (truncated or corrupt)",
+        snprintf(error, error_size, "file is %zu bytes but its header (%lld examples, %lld tokens) describes %.0f bytes (truncated or corrupt)",
                  size, (long long)d->num_examples, (long long)d->num_tokens,
-                 (long long)DATA_HEADER_BYTES + 20 * d->num_examples + 2 * d->num_tokens);
+                 DATA_HEADER_BYTES + 20.0 * (double)d->num_examples + 2.0 * (double)d->num_tokens);
         return 0;
     }
     const size_t N = (size_t)d->num_examples;
@@ -1732,7 +1752,7 @@ long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B, int m
     for (int b = 0; b < B; b++) {
         int *row = batch->tokens + (size_t)b * T;
         const int len = copy_example(row, d, idx[b], max_len, how);
-        for (int t = len; t < T; t++) { row[t] = 50256; } // <|endoftext|>; any id would do
+        for (int t = len; t < T; t++) { row[t] = 0; } // any id would do; 0 is one in every vocabulary
         batch->lengths[b] = len;
         padding += T - len;
         if (regression) { batch->targets[b] = (float)d->stars[idx[b]]; }
@@ -1931,8 +1951,20 @@ void save_training_state(const GPT2 *model, const char *checkpoint_path, const R
     free(path);
 }
 
+int state_file_has_step(const char *path, int step) {
+    MappedFile f;
+    if (map_file(&f, path) != 0) { return 0; }
+    const int ok = f.size >= HEADER_INTS * 4 && read_i32(f.data) == STATE_MAGIC && read_i32(f.data + 8) == step;
+    unmap_file(&f);
+    return ok;
+}
+
 void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
     char *path = path_with_suffix(checkpoint_path, ".state");
+    if (!state_file_has_step(path, checkpoint_step)) { // a save was interrupted: the previous state may match
+        char *prev = path_with_suffix(checkpoint_path, ".state.prev");
+        if (state_file_has_step(prev, checkpoint_step)) { free(path); path = prev; } else { free(prev); }
+    }
     MappedFile f;
     if (map_file(&f, path) != 0) { fail("cannot open %s to resume: %s", path, strerror(errno)); }
     if (f.size < HEADER_INTS * 4 || read_i32(f.data) != STATE_MAGIC || read_i32(f.data + 4) != STATE_VERSION) {
@@ -1974,6 +2006,7 @@ typedef struct {
     float warmup_ratio;
     uint64_t seed;
     int log_every, eval_every, eval_examples, save_every, threads;
+    int stop_at_step;         // end this run after this many updates (0: run to the end)
 } Args;
 
 void print_usage(void) {
@@ -2001,6 +2034,8 @@ void print_usage(void) {
         "  --eval-examples N   examples for the periodic evaluations [1000]\n"
         "  --save PATH   --save-every N steps [0: only at the end]\n"
         "  --resume PATH           continue a run saved with --save PATH\n"
+        "  --stop-at-step N        end this run after N updates, saving; the schedule still spans\n"
+        "                          the whole run, so --resume continues it exactly [0: off]\n"
         "  --predict PATH --output FILE   write predictions for a dataset and exit\n"
         "  --threads N             OpenMP threads [all cores]\n");
 }
@@ -2082,6 +2117,7 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--predict") == 0) { a->predict_path = v; }
         else if (strcmp(flag, "--output") == 0) { a->output_path = v; }
         else if (strcmp(flag, "--threads") == 0) { a->threads = (int)parse_long(flag, v, 1, 1024); }
+        else if (strcmp(flag, "--stop-at-step") == 0) { a->stop_at_step = (int)parse_long(flag, v, 1, 100000000); }
         else { fail("unknown flag %s (see --help)", flag); }
     }
     if (a->predict_path != NULL && a->output_path == NULL) { fail("--predict needs --output FILE"); }
@@ -2147,16 +2183,26 @@ void print_eval(const char *tag, int step, const EvalResult *r) {
     printf("%s step %d: examples %lld loss %.4f accuracy %.4f\n", tag, step, (long long)r->examples, r->loss, r->accuracy);
 }
 
+// The new checkpoint is written in full as PATH.next first; the state that
+// matches the checkpoint still at PATH is kept as PATH.state.prev; then the new
+// state and PATH.next are renamed into place. A kill at any moment leaves
+// PATH with a matching PATH.state or PATH.state.prev, which --resume finds.
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
+    char *next = path_with_suffix(path, ".next");
+    char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
+    gpt2_save_checkpoint(model, next);
+    rename(state, prev); // fails harmlessly on the first save
     save_training_state(model, path, run);
-    gpt2_save_checkpoint(model, path);
+    if (rename(next, path) != 0) { remove(next); fail("cannot rename %s to %s: %s", next, path, strerror(errno)); }
+    free(next); free(state); free(prev);
     printf("saved %s (step %d)\n", path, model->step);
 }
 
 // The training loop: epochs of length-grouped batches, gradient accumulation,
 // clipping, AdamW with warmup and linear decay, periodic logs, evaluations
-// and checkpoints.
-void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
+// and checkpoints. Returns 1 when the run is complete, 0 when --stop-at-step
+// ended it early.
+int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
     const int B = args->batch_size, accum = args->grad_accum;
     const int64_t batches_per_epoch = train_set->num_examples / B;
     if (batches_per_epoch < accum) {
@@ -2182,7 +2228,9 @@ void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args 
     double log_time = start_time, log_loss = 0.0;
     long log_tokens = 0, log_positions = 0, log_padding = 0;
     int log_batches = 0, start_step = model->step;
-    for (int step = model->step; step < opt.total_steps; step++) {
+    const int end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
+    if (model->step >= end_step) { printf("nothing to do: the model has had %d of %d updates\n", model->step, end_step); }
+    for (int step = model->step; step < end_step; step++) {
         for (int micro = 0; micro < accum; micro++) {
             // micro-batch number `global` of the whole run fixes the data: a
             // resumed run sees exactly the batches the original would have
@@ -2213,10 +2261,15 @@ void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args 
             fail("step %d: the gradient of %s is NaN or infinite; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
                  step + 1, first_nonfinite_gradient(model));
         }
+        const char *overflowed = first_nonfinite_parameter(model);
+        if (overflowed != NULL) {
+            fail("step %d: the update made %s NaN or infinite; stopping (the last saved checkpoint is unchanged; try a lower --lr or --weight-decay)",
+                 step + 1, overflowed);
+        }
         model->step = step + 1;
         run.step = model->step;
         const int done = model->step;
-        if (done % args->log_every == 0 || done == opt.total_steps) {
+        if (done % args->log_every == 0 || done == end_step) {
             const double now = seconds_now();
             const double elapsed = now - start_time;
             const double eta = elapsed / (done - start_step) * (opt.total_steps - done);
@@ -2230,20 +2283,21 @@ void train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args 
             fflush(stdout);
             log_time = now; log_loss = 0.0; log_tokens = 0; log_positions = 0; log_padding = 0; log_batches = 0;
         }
-        if (args->eval_every > 0 && done % args->eval_every == 0 && done < opt.total_steps && test_set != NULL) {
+        if (args->eval_every > 0 && done % args->eval_every == 0 && done < end_step && test_set != NULL) {
             EvalResult r = evaluate(model, test_set, args->eval_examples, B, args->max_len, args->truncation,
                                     args->regression, args->seed);
             print_eval("eval", done, &r);
             free(r.confusion);
             fflush(stdout);
         }
-        if (args->save_every > 0 && done % args->save_every == 0 && done < opt.total_steps) {
+        if (args->save_every > 0 && done % args->save_every == 0 && done < end_step) {
             save_run(model, args->save_path, &run);
         }
     }
     if (args->save_path != NULL && model->step > start_step) { save_run(model, args->save_path, &run); }
     batch_free(&batch);
     free(order);
+    return model->step >= opt.total_steps;
 }
 
 #ifndef TESTING
@@ -2280,6 +2334,7 @@ int main(int argc, char **argv) {
         printf("model: new d%d from scratch\n", args.init_depth);
     } else {
         gpt2_build_from_checkpoint(&model, args.model_path, num_labels, args.seed);
+        model.step = 0; // a new run with its own schedule; --resume continues a saved run
         printf("model: %s\n", args.model_path);
     }
     const GPT2Config *cfg = &model.config;
@@ -2300,7 +2355,17 @@ int main(int argc, char **argv) {
         return 0;
     }
     dataset_open(&test_set, args.test_path, cfg->vocab_size);
-    train(&model, &train_set, &test_set, &args);
+    if (!args.regression && (test_set.num_labels < 1 || test_set.num_labels > cfg->num_labels)) {
+        fail("%s: the data has %d labels; evaluating needs labels 0..%d of the model", args.test_path,
+             test_set.num_labels, cfg->num_labels - 1);
+    }
+    if (!train(&model, &train_set, &test_set, &args)) {
+        printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
+        dataset_close(&train_set);
+        dataset_close(&test_set);
+        gpt2_free(&model);
+        return 0;
+    }
     EvalResult r = evaluate(&model, &test_set, 0, args.batch_size, args.max_len, args.truncation, args.regression, args.seed);
     print_eval_details(&r);
     printf("final eval: examples %lld loss %.4f accuracy %.4f\n", (long long)r.examples, r.loss, r.accuracy);

@@ -61,7 +61,9 @@ C_SUITES = \
 PYTHON_SUITES = \
   "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
   "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
-  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py"
+  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py" \
+  "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
+  "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
 
 test: all reference build/npm/node_modules/js-tiktoken
 	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)

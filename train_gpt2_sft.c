@@ -2021,7 +2021,8 @@ void print_usage(void) {
         "data\n"
         "  --train PATH            training data [data/imdb/imdb_train.bin]\n"
         "  --test PATH             evaluation data [data/imdb/imdb_test.bin]\n"
-        "  --max-len N             truncate to N tokens, at most the model's positions [512]\n"
+        "  --max-len N             truncate to N tokens, at most the model's positions\n"
+        "                          [512, or the model's positions if fewer]\n"
         "  --truncation head|tail|head+tail   which part of a long text to keep [head]\n"
         "training (Hugging Face Trainer defaults)\n"
         "  --epochs N [3]   --max-steps N (overrides epochs) [0]\n"
@@ -2063,7 +2064,7 @@ void parse_args(Args *a, int argc, char **argv) {
     a->model_path = "gpt2_124M.bin";
     a->train_path = "data/imdb/imdb_train.bin";
     a->test_path = "data/imdb/imdb_test.bin";
-    a->max_len = 512;
+    a->max_len = 0; // 512, or the model's positions when fewer (set in main)
     a->truncation = TRUNCATE_HEAD;
     a->batch_size = 8; a->grad_accum = 1; a->epochs = 3;
     a->opt.learning_rate = 5e-5f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
@@ -2341,6 +2342,7 @@ int main(int argc, char **argv) {
     printf("config: layers %d, heads %d, channels %d, positions %d, vocabulary %d, labels %d, parameters %.2fM\n",
            cfg->num_layers, cfg->num_heads, cfg->channels, cfg->max_seq_len, cfg->vocab_size, cfg->num_labels,
            model.num_parameters / 1e6);
+    if (args.max_len == 0) { args.max_len = cfg->max_seq_len < 512 ? cfg->max_seq_len : 512; }
     if (args.max_len > cfg->max_seq_len) {
         fail("--max-len %d exceeds the model's %d positions", args.max_len, cfg->max_seq_len);
     }

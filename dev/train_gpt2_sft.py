@@ -184,16 +184,17 @@ def write_tensor_f32(f, t):
     f.write(arr.astype("<f4", copy=False).tobytes())
 
 
-def write_checkpoint(path, cfg, params, score=None):
+def write_checkpoint(path, cfg, params, score=None, step=0):
     """Write an llm.c v3 checkpoint, or the SFT format when a head `score` is given.
 
     params: dict name -> tensor with the shapes of param_shapes(cfg).
     score:  (K, C) tensor or None.
+    step:   updates done, header[9] of the SFT format (ignored without a head).
     """
     if score is None:
         header = make_header(LLMC_MAGIC, LLMC_VERSION, cfg.header_slots())
     else:
-        header = make_header(SFT_MAGIC, SFT_VERSION, cfg.header_slots(), {8: score.shape[0]})
+        header = make_header(SFT_MAGIC, SFT_VERSION, cfg.header_slots(), {8: score.shape[0], 9: step})
     for name, shape in param_shapes(cfg, None if score is None else score.shape[0]):
         t = score if name == "score" else params[name]
         if tuple(t.shape) != shape:
@@ -522,8 +523,18 @@ def to_hf_state_dict(cfg, params, score=None, prefix=""):
     return sd
 
 
+def read_safetensors_metadata(path):
+    """The "__metadata__" dict of a .safetensors file ({} if none)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        try:
+            return json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+
+
 def load_hf_tensors(input_path):
-    """Find and load an HF checkpoint. Returns (tensors, config_dict or None)."""
+    """Find and load an HF checkpoint. Returns (tensors, config_dict or None, metadata dict)."""
     if os.path.isdir(input_path):
         candidates = [os.path.join(input_path, n) for n in ("model.safetensors", "pytorch_model.bin")]
         found = [c for c in candidates if os.path.isfile(c)]
@@ -534,8 +545,10 @@ def load_hf_tensors(input_path):
         file_path, config_dir = input_path, os.path.dirname(os.path.abspath(input_path))
     else:
         raise SFTError(f"{input_path}: no such file or folder")
+    metadata = {}
     if file_path.endswith(".safetensors"):
         tensors = read_safetensors(file_path)
+        metadata = read_safetensors_metadata(file_path)
     else:
         try:
             try:
@@ -552,12 +565,12 @@ def load_hf_tensors(input_path):
     if os.path.isfile(config_path):
         with open(config_path) as f:
             config = json.load(f)
-    return tensors, config
+    return tensors, config, metadata
 
 
 def import_hf(input_path, out_path, n_head=None):
     """Convert an HF GPT-2 checkpoint to llm.c v3 (or SFT format if it has score.weight)."""
-    tensors, config = load_hf_tensors(input_path)
+    tensors, config, metadata = load_hf_tensors(input_path)
     # strip the optional "transformer." prefix; ignore attention-mask buffers and the tied lm_head
     sd = {}
     for k, v in tensors.items():
@@ -609,7 +622,9 @@ def import_hf(input_path, out_path, n_head=None):
     score = sd.get("score.weight")
     if "score.bias" in sd:
         raise SFTError(f"{input_path}: score.bias present; the head must have no bias")
-    write_checkpoint(out_path, cfg, params, score)
+    # dev/export_hf.py records the fine-tuned checkpoint's update count (header[9]) here
+    step = metadata.get("step", "0") if metadata.get("source") == "train_gpt2_sft" else "0"
+    write_checkpoint(out_path, cfg, params, score, int(step) if step.isdigit() else 0)
     return cfg, score
 
 

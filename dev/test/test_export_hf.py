@@ -52,7 +52,6 @@ sys.path.insert(0, DEV)
 
 import torch  # noqa: E402
 
-import export_hf  # noqa: E402
 import prepro_imdb  # noqa: E402
 import train_gpt2_sft as ref  # noqa: E402
 
@@ -271,12 +270,15 @@ def export_checks(R, args, ckpt, folder, K, names, preds_csv, token_lists, max_l
     R.check(f"{what}: safetensors metadata carries the step", meta.get("step") == str(step),
             f"metadata {meta}, header[9] {step}")
 
-    # import back: bytes identical except header[9] (the step count)
+    # import back: bytes identical; an import_hf that does not read the step from the
+    # safetensors metadata writes header[9] = 0, which is accepted with a note
     cfg, params, score, back = ref_model_from_hf(folder)
-    a, b = bytearray(open(ckpt, "rb").read()), bytearray(open(back, "rb").read())
-    a[36:40] = b"\0\0\0\0"
-    R.check(f"{what}: import_hf(export) == checkpoint byte for byte (header[9] step {step} -> 0 aside)",
-            a == b, f"{len(a)} vs {len(b)} bytes")
+    a, b = open(ckpt, "rb").read(), open(back, "rb").read()
+    same_but_step = a[:36] + a[40:] == b[:36] + b[40:] and b[36:40] == b"\0\0\0\0"
+    R.check(f"{what}: import_hf(export) == checkpoint byte for byte", a == b or same_but_step,
+            f"{len(a)} vs {len(b)} bytes")
+    if a != b and same_but_step:
+        print(f"      note: identical except header[9]: import_hf wrote step 0, the checkpoint has {step}")
 
     # reference logits from the exported weights vs the trainer's --predict
     header_csv, rows = read_predictions(preds_csv)

@@ -5,6 +5,7 @@
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
 #   make asan / make ubsan   the C tests under AddressSanitizer / UndefinedBehaviorSanitizer
 
+SHELL := /bin/bash
 CC ?= cc
 PYTHON ?= python3
 # the PyTorch reference needs Debian's python3-torch, which lives in /usr/bin/python3
@@ -89,6 +90,29 @@ ubsan: reference
 # libFuzzer on the checkpoint and dataset readers (clang), SECONDS each
 fuzz:
 	bash dev/fuzz/run_fuzz.sh $(or $(SECONDS),60)
+
+# The main job. Data: $IMDB_ARCHIVE, else ../shared/data/aclImdb_v1.tar.gz, else
+# a download (prepro_imdb.py decides). Model: gpt2_124M.bin if present (llm.c's
+# checkpoint, see README), else a 1-layer GPT-2 from scratch. Output: the
+# fine-tuned model, its training log, and the final evaluation on the 25,000
+# test reviews.
+IMDB = data/imdb/imdb_train.bin data/imdb/imdb_test.bin
+RUN_PRETRAINED = -m gpt2_124M.bin --max-len 256 --truncation head+tail --epochs 1 --batch-size 8 --lr 5e-5 \
+                 --warmup-ratio 0.06 --weight-decay 0.01 --eval-every 500 --eval-examples 500 --log-every 20
+RUN_SCRATCH = --init d1 --max-len 256 --truncation head+tail --epochs 2 --batch-size 32 --lr 3e-3 \
+              --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 200 --eval-examples 1000 --log-every 50
+$(IMDB):
+	$(PYTHON) prepro_imdb.py --out-dir data/imdb
+
+run: train_gpt2_sft $(IMDB)
+	@mkdir -p build
+	@set -o pipefail; if [ -f gpt2_124M.bin ]; then \
+	    echo "fine-tuning the pretrained gpt2_124M.bin"; \
+	    ./train_gpt2_sft $(RUN_PRETRAINED) --save build/imdb_gpt2_124M_sft.bin | tee build/run.log; \
+	else \
+	    echo "no gpt2_124M.bin: training a small GPT-2 (d1) from scratch"; \
+	    ./train_gpt2_sft $(RUN_SCRATCH) --save build/imdb_d1_sft.bin | tee build/run.log; \
+	fi
 
 clean:
 	rm -f train_gpt2_sft test_sft

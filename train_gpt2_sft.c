@@ -24,6 +24,9 @@ derivative it implements. `main` is at the bottom under #ifndef TESTING so
 test_sft.c can include this file.
 */
 
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L // fileno, fsync, mmap, clock_gettime under -std=c99
+#endif
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
@@ -71,6 +74,9 @@ void *calloc_or_die(size_t count, size_t size, const char *what) {
 // written files are flushed to disk before the rename that publishes them.
 
 #if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#define NOMINMAX
+#include <windows.h>
 #include <io.h>
 #define PLATFORM_HAS_MMAP 0
 #else
@@ -107,9 +113,9 @@ int map_file(MappedFile *file, const char *path) {
 #else
     FILE *f = fopen(path, "rb");
     if (f == NULL) { return -1; }
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return -1; }
-    long size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return -1; }
+    if (_fseeki64(f, 0, SEEK_END) != 0) { fclose(f); return -1; }
+    const long long size = _ftelli64(f); // ftell's long is 32 bits on Windows
+    if (size < 0 || _fseeki64(f, 0, SEEK_SET) != 0) { fclose(f); return -1; }
     file->size = (size_t)size;
     unsigned char *buffer = (unsigned char *)malloc_or_die(file->size, path);
     if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); errno = EIO; return -1; }
@@ -137,6 +143,33 @@ int flush_to_disk(FILE *f) {
     if (_commit(_fileno(f)) != 0) { return -1; }
 #endif
     return 0;
+}
+
+// Renames `from` to `to`, replacing `to` if it exists (Windows' rename fails
+// then). Returns 0, or -1 with errno set.
+int replace_file(const char *from, const char *to) {
+#if PLATFORM_HAS_MMAP
+    return rename(from, to);
+#else
+    if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) { return 0; }
+    const DWORD error = GetLastError();
+    errno = error == ERROR_FILE_NOT_FOUND || error == ERROR_PATH_NOT_FOUND ? ENOENT : EACCES;
+    return -1;
+#endif
+}
+
+// Wall-clock seconds from an arbitrary origin, for timing only.
+double seconds_now(void) {
+#if PLATFORM_HAS_MMAP
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#else
+    LARGE_INTEGER count, frequency;
+    QueryPerformanceCounter(&count);
+    QueryPerformanceFrequency(&frequency);
+    return (double)count.QuadPart / (double)frequency.QuadPart;
+#endif
 }
 
 // ----------------------------------------------------------------------------
@@ -181,11 +214,14 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 #define GEMM_NR 16
 #endif
 #endif
+// Block sizes, tuned on a 2-core AVX-512 machine with dev/bench_matmul.py: a
+// deep slice (all 768 channels of GPT-2 124M at once) means C is read and
+// written once per product, and 36 x 768 floats of A (108 KiB) stay in L2.
 #ifndef GEMM_MC
-#define GEMM_MC 96   // rows of A packed per block (multiple of GEMM_MR)
+#define GEMM_MC 36   // rows of A packed per block (multiple of GEMM_MR)
 #endif
 #ifndef GEMM_KC
-#define GEMM_KC 256  // depth of one packed slice
+#define GEMM_KC 768  // depth of one packed slice
 #endif
 #ifndef GEMM_NC
 #define GEMM_NC 1024 // columns of B packed per block (multiple of GEMM_NR)
@@ -1061,6 +1097,12 @@ int config_is_valid(const GPT2Config *cfg, char *error, size_t error_size) {
     if (cfg->num_labels < 1 || cfg->num_labels > 65536) {
         snprintf(error, error_size, "num_labels %d is out of range 1..65536", cfg->num_labels); return 0;
     }
+    // Sizes are size_t, 32 bits on some hosts: refuse a model whose sizes would wrap.
+    const double C = cfg->channels, params = C * ((double)cfg->padded_vocab_size + cfg->max_seq_len + 2 +
+                                                  cfg->num_labels + cfg->num_layers * (12 * C + 13));
+    if (params * sizeof(float) > (double)SIZE_MAX) {
+        snprintf(error, error_size, "%.0f parameters are more than this machine can address", params); return 0;
+    }
     return 1;
 }
 
@@ -1167,7 +1209,7 @@ void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
              flush_to_disk(f) == 0;
     ok = (fclose(f) == 0) && ok;
     if (!ok) { remove(tmp_path); fail("writing checkpoint %s failed: %s", tmp_path, strerror(errno)); }
-    if (rename(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
+    if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
     free(tmp_path);
 }
 
@@ -1185,6 +1227,11 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     free(model->bufs_memory);
     free(model->logits);
     const GPT2Config *cfg = &model->config;
+    // An upper bound of all the floats below; sizes are size_t, 32 bits on some hosts.
+    const double c = cfg->channels, per_position = cfg->num_layers * (16 * c + (double)cfg->num_heads * T + 8) + 16 * c;
+    const double floats = (double)B * T * per_position + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
+                          (double)max_threads() * ATTENTION_BLOCK * T;
+    if (floats * sizeof(float) > (double)SIZE_MAX) { fail("a batch of %d x %d tokens needs more memory than this machine can address", B, T); }
     size_t sizes[NUM_ACTIVATION_TENSORS];
     activation_sizes(sizes, *cfg, B, T);
     size_t total = 0;
@@ -1933,7 +1980,7 @@ void write_file_atomically(const char *path, const void *header, size_t header_b
              (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
     ok = (fclose(f) == 0) && ok;
     if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
-    if (rename(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
+    if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
     free(tmp_path);
 }
 
@@ -2125,12 +2172,6 @@ void parse_args(Args *a, int argc, char **argv) {
     if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
 }
 
-double seconds_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void format_duration(char *out, size_t n, double seconds) {
     const long s = (long)(seconds + 0.5);
     if (s >= 3600) { snprintf(out, n, "%ldh%02ldm", s / 3600, (s / 60) % 60); }
@@ -2175,7 +2216,7 @@ void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     free(idx);
     int ok = flush_to_disk(f) == 0;
     ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp_path, args->output_path) != 0) { remove(tmp_path); fail("writing %s failed: %s", args->output_path, strerror(errno)); }
+    if (!ok || replace_file(tmp_path, args->output_path) != 0) { remove(tmp_path); fail("writing %s failed: %s", args->output_path, strerror(errno)); }
     free(tmp_path);
     printf("wrote predictions for %lld examples to %s\n", (long long)d->num_examples, args->output_path);
 }
@@ -2192,9 +2233,9 @@ void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     char *next = path_with_suffix(path, ".next");
     char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
     gpt2_save_checkpoint(model, next);
-    rename(state, prev); // fails harmlessly on the first save
+    replace_file(state, prev); // fails harmlessly on the first save
     save_training_state(model, path, run);
-    if (rename(next, path) != 0) { remove(next); fail("cannot rename %s to %s: %s", next, path, strerror(errno)); }
+    if (replace_file(next, path) != 0) { remove(next); fail("cannot rename %s to %s: %s", next, path, strerror(errno)); }
     free(next); free(state); free(prev);
     printf("saved %s (step %d)\n", path, model->step);
 }

@@ -99,8 +99,8 @@ fuzz:
 IMDB = data/imdb/imdb_train.bin data/imdb/imdb_test.bin
 RUN_PRETRAINED = -m gpt2_124M.bin --max-len 256 --truncation head+tail --epochs 1 --batch-size 8 --lr 5e-5 \
                  --warmup-ratio 0.06 --weight-decay 0.01 --eval-every 500 --eval-examples 500 --log-every 20
-RUN_SCRATCH = --init d1 --max-len 256 --truncation head+tail --epochs 2 --batch-size 32 --lr 3e-3 \
-              --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 200 --eval-examples 1000 --log-every 50
+RUN_SCRATCH = --init d1 --max-len 1024 --truncation head+tail --epochs 1 --batch-size 32 --lr 3e-3 \
+              --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 100 --eval-examples 1000 --log-every 25
 $(IMDB):
 	$(PYTHON) prepro_imdb.py --out-dir data/imdb
 

@@ -295,6 +295,7 @@ int main(int argc, char **argv) {
         gpt2_free(&model);
         free_debug_state(&s);
     }
+    gemm_workspace_release();
     printf("%d passed, %d failed\n", checks_passed, checks_failed);
     return checks_failed == 0 ? 0 : 1;
 }

@@ -2416,6 +2416,7 @@ int main(int argc, char **argv) {
     dataset_close(&train_set);
     dataset_close(&test_set);
     gpt2_free(&model);
+    gemm_workspace_release();
     return 0;
 }
 #endif

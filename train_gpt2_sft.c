@@ -233,42 +233,36 @@ typedef struct {
     long col_stride; // distance between (i, k) and (i, k+1)
 } StridedMatrix;
 
-// panel[(p*kc + k)*GEMM_MR + i] = A[row0 + p*GEMM_MR + i, k0 + k], zero past `rows`.
-void pack_a(float *panel, StridedMatrix a, int row0, int rows, int k0, int kc) {
-    for (int p = 0; p * GEMM_MR < rows; p++) {
-        float *dst = panel + (size_t)p * kc * GEMM_MR;
-        const int height = rows - p * GEMM_MR < GEMM_MR ? rows - p * GEMM_MR : GEMM_MR;
-        const float *src = a.data + (long)(row0 + p * GEMM_MR) * a.row_stride + (long)k0 * a.col_stride;
-        if (a.row_stride == 1) { // A stored transposed: a panel's column is contiguous
-            for (int k = 0; k < kc; k++) {
-                const float *col = src + (long)k * a.col_stride;
-                for (int i = 0; i < height; i++) { dst[k * GEMM_MR + i] = col[i]; }
-                for (int i = height; i < GEMM_MR; i++) { dst[k * GEMM_MR + i] = 0.0f; }
-            }
-        } else {
-            for (int i = 0; i < GEMM_MR; i++) {
-                const float *row = src + (long)i * a.row_stride;
-                for (int k = 0; k < kc; k++) { dst[k * GEMM_MR + i] = i < height ? row[(long)k * a.col_stride] : 0.0f; }
-            }
+// Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:
+//   panel[k*width + j] = M[k0 + k, col0 + j],  zero for j >= cols
+// reading along whichever direction is contiguous in memory.
+static inline void pack_panel(float *panel, StridedMatrix m, int col0, int cols, int k0, int kc, int width) {
+    const float *src = m.data + (long)k0 * m.row_stride + (long)col0 * m.col_stride;
+    if (m.col_stride == 1) { // a panel's row is contiguous
+        for (int k = 0; k < kc; k++) {
+            const float *row = src + (long)k * m.row_stride;
+            for (int j = 0; j < cols; j++) { panel[k * width + j] = row[j]; }
+            for (int j = cols; j < width; j++) { panel[k * width + j] = 0.0f; }
+        }
+    } else { // a panel's column is contiguous
+        for (int j = 0; j < width; j++) {
+            const float *col = src + (long)j * m.col_stride;
+            for (int k = 0; k < kc; k++) { panel[k * width + j] = j < cols ? col[(long)k * m.row_stride] : 0.0f; }
         }
     }
 }
 
-// panel[k*GEMM_NR + j] = B[k0 + k, col0 + j] for one NR-wide panel, zero past `cols`.
-void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
-    const float *src = b.data + (long)k0 * b.row_stride + (long)col0 * b.col_stride;
-    if (b.col_stride == 1) { // B row-major: a panel's row is contiguous
-        for (int k = 0; k < kc; k++) {
-            const float *row = src + (long)k * b.row_stride;
-            for (int j = 0; j < cols; j++) { panel[k * GEMM_NR + j] = row[j]; }
-            for (int j = cols; j < GEMM_NR; j++) { panel[k * GEMM_NR + j] = 0.0f; }
-        }
-    } else {
-        for (int j = 0; j < GEMM_NR; j++) {
-            const float *col = src + (long)j * b.col_stride;
-            for (int k = 0; k < kc; k++) { panel[k * GEMM_NR + j] = j < cols ? col[(long)k * b.row_stride] : 0.0f; }
-        }
+// MR-tall panels of rows row0..row0+rows of A (M,K): the panels of A^T.
+void pack_a(float *panels, StridedMatrix a, int row0, int rows, int k0, int kc) {
+    const StridedMatrix a_transposed = {a.data, a.col_stride, a.row_stride};
+    for (int i = 0; i < rows; i += GEMM_MR) {
+        pack_panel(panels + (size_t)i * kc, a_transposed, row0 + i, rows - i < GEMM_MR ? rows - i : GEMM_MR, k0, kc, GEMM_MR);
     }
+}
+
+// One NR-wide panel of B (K,N).
+void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
+    pack_panel(panel, b, col0, cols, k0, kc, GEMM_NR);
 }
 
 // The micro-kernel: acc (MR,NR) = sum_k a[k,:]^T b[k,:] (outer products), then

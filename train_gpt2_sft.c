@@ -2389,6 +2389,7 @@ int main(int argc, char **argv) {
         write_predictions(&model, &d, &args);
         dataset_close(&d);
         gpt2_free(&model);
+        gemm_workspace_release();
         return 0;
     }
     dataset_open(&test_set, args.test_path, cfg->vocab_size);
@@ -2401,6 +2402,7 @@ int main(int argc, char **argv) {
         dataset_close(&train_set);
         dataset_close(&test_set);
         gpt2_free(&model);
+        gemm_workspace_release();
         return 0;
     }
     EvalResult r = evaluate(&model, &test_set, 0, args.batch_size, args.max_len, args.truncation, args.regression, args.seed);

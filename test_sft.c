@@ -283,6 +283,7 @@ int main(int argc, char **argv) {
     MappedFile model_file;
     char error[256];
     int has_head, step;
+    require_little_endian();
     if (map_file(&model_file, model_path) != 0) { fail("cannot open %s: %s", model_path, strerror(errno)); }
     if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, error, sizeof(error))) {
         fail("%s: %s", model_path, error);

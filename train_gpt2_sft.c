@@ -183,6 +183,11 @@ int host_is_little_endian(void) {
     return first == 1;
 }
 
+// Every reader calls this first.
+void require_little_endian(void) {
+    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+}
+
 int32_t read_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
 int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
 
@@ -1161,7 +1166,7 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
 void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, uint64_t seed) {
     memset(model, 0, sizeof(*model));
     model->loss = -1.0f;
-    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+    require_little_endian();
     MappedFile file;
     if (map_file(&file, path) != 0) {
         fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, strerror(errno));
@@ -1749,7 +1754,7 @@ int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_siz
 void dataset_open(Dataset *d, const char *path, int vocab_size) {
     memset(d, 0, sizeof(*d));
     d->path = path;
-    if (!host_is_little_endian()) { fail("this program reads little-endian files and needs a little-endian CPU"); }
+    require_little_endian();
     if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
     char error[256];
     if (!dataset_parse(d, d->file.data, d->file.size, vocab_size, error, sizeof(error))) { fail("%s: %s", path, error); }

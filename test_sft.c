@@ -3,8 +3,9 @@ test_sft.c: checks train_gpt2_sft.c against the PyTorch reference.
 
 The reference (dev/train_gpt2_sft.py debug-state) computes, in float64, the
 logits, loss and every parameter gradient of a batch of variable-length
-sequences, and the losses of 10 AdamW steps. This test runs the same batch
-through the C code (float32) and compares.
+sequences, and the losses of 10 AdamW steps, with or without dropout (the
+masks of dev/FORMATS.md section 5, computed independently on both sides).
+This test runs the same batch through the C code (float32) and compares.
 
   ./test_sft MODEL.bin DEBUG_STATE.bin [more DEBUG_STATE.bin ...]
 
@@ -73,6 +74,8 @@ static int compare_each(const char *label, const float *c, const float *r, size_
 typedef struct {
     int B, T, K, num_steps;
     OptimizerConfig opt;
+    float dropout;         // 0: none
+    uint64_t dropout_seed; // forward/backward is pass 0, update k is pass k
     int *tokens, *lengths, *labels;
     float *targets, *score, *logits, loss, *grads, *step_losses, *step_lrs, *step_grad_norms;
 } DebugState;
@@ -94,8 +97,8 @@ static void *copy_out(const MappedFile *f, size_t *offset, size_t bytes, const c
 static void load_debug_state(DebugState *s, const char *path, GPT2Config cfg) {
     MappedFile f;
     if (map_file(&f, path) != 0) { fail("cannot open debug state %s: %s (run make test to generate it)", path, strerror(errno)); }
-    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != 20261129 || read_i32(f.data + 4) != 1) {
-        fail("%s: not a version 1 debug state", path);
+    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != 20261129 || read_i32(f.data + 4) != 2) {
+        fail("%s: not a version 2 debug state (delete build/ref and run make test to regenerate it)", path);
     }
     s->B = read_i32(f.data + 8);
     s->T = read_i32(f.data + 12);
@@ -118,6 +121,8 @@ static void load_debug_state(DebugState *s, const char *path, GPT2Config cfg) {
     s->opt.beta2 = hyper[3];
     s->opt.eps = hyper[4];
     s->opt.max_grad_norm = hyper[5];
+    memcpy(&s->dropout, f.data + 22 * 4, 4);
+    s->dropout_seed = (uint64_t)(uint32_t)read_i32(f.data + 23 * 4) | (uint64_t)(uint32_t)read_i32(f.data + 24 * 4) << 32;
     const size_t BT = (size_t)s->B * s->T;
     size_t offset = HEADER_INTS * 4;
     s->tokens = (int *)copy_out(&f, &offset, BT * 4, path);
@@ -151,14 +156,27 @@ static Batch batch_of(const DebugState *s) {
     return batch;
 }
 
+// The dropout of forward pass `pass` of the state, in *d; NULL when it has none.
+static const Dropout *dropout_of(const DebugState *s, int pass, Dropout *d) {
+    if (s->dropout == 0.0f) { return NULL; }
+    *d = dropout_for_pass(s->dropout, s->dropout_seed, (uint64_t)pass);
+    return d;
+}
+
+// Runs pass `pass` of the state forward and backward into zeroed gradients.
+static void forward_backward(GPT2 *model, const DebugState *s, const Batch *batch, int pass) {
+    Dropout d;
+    gpt2_forward(model, batch, 1.0f, dropout_of(s, pass, &d));
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+}
+
 // Logits, loss and every gradient tensor against the reference.
 static void check_forward_backward(GPT2 *model, const DebugState *s) {
     Batch batch = batch_of(s);
-    gpt2_forward(model, &batch, 1.0f);
+    forward_backward(model, s, &batch, 0);
     compare("logits", model->logits, s->logits, (size_t)s->B * s->K, tolerances.logits);
     compare("loss", &model->loss, &s->loss, 1, tolerances.loss);
-    gpt2_zero_grad(model);
-    gpt2_backward(model);
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         char label[64];
@@ -172,9 +190,7 @@ static void check_forward_backward(GPT2 *model, const DebugState *s) {
 // give bit-identical logits, loss and gradients.
 static void check_padding_invariance(GPT2 *model, const DebugState *s) {
     Batch batch = batch_of(s);
-    gpt2_forward(model, &batch, 1.0f);
-    gpt2_zero_grad(model);
-    gpt2_backward(model);
+    forward_backward(model, s, &batch, 0);
     const size_t n = model->num_parameters, BK = (size_t)s->B * s->K;
     float *grads = (float *)malloc_or_die(n * sizeof(float), "grads copy");
     float *logits = (float *)malloc_or_die(BK * sizeof(float), "logits copy");
@@ -192,9 +208,7 @@ static void check_padding_invariance(GPT2 *model, const DebugState *s) {
         }
     }
     batch.tokens = repadded;
-    gpt2_forward(model, &batch, 1.0f);
-    gpt2_zero_grad(model);
-    gpt2_backward(model);
+    forward_backward(model, s, &batch, 0);
     const int same = padded_positions > 0 && loss == model->loss &&
                      memcmp(logits, model->logits, BK * sizeof(float)) == 0 &&
                      memcmp(grads, model->grads_memory, n * sizeof(float)) == 0;
@@ -214,15 +228,11 @@ static void check_thread_invariance(GPT2 *model, const DebugState *s) {
     const size_t n = model->num_parameters;
     float *grads = (float *)malloc_or_die(n * sizeof(float), "grads copy");
     omp_set_num_threads(1);
-    gpt2_forward(model, &batch, 1.0f);
-    gpt2_zero_grad(model);
-    gpt2_backward(model);
+    forward_backward(model, s, &batch, 0);
     memcpy(grads, model->grads_memory, n * sizeof(float));
     const float loss = model->loss;
     omp_set_num_threads(threads > 1 ? threads : 2);
-    gpt2_forward(model, &batch, 1.0f);
-    gpt2_zero_grad(model);
-    gpt2_backward(model);
+    forward_backward(model, s, &batch, 0);
     const int same = loss == model->loss && memcmp(grads, model->grads_memory, n * sizeof(float)) == 0;
     omp_set_num_threads(threads);
     char line[128];
@@ -243,7 +253,8 @@ static void check_training_steps(GPT2 *model, const DebugState *s) {
     float *norms = (float *)malloc_or_die((size_t)s->num_steps * sizeof(float), "norms");
     gpt2_zero_grad(model);
     for (int step = 0; step < s->num_steps; step++) {
-        gpt2_forward(model, &batch, 1.0f);
+        Dropout d;
+        gpt2_forward(model, &batch, 1.0f, dropout_of(s, step, &d));
         gpt2_backward(model);
         losses[step] = model->loss;
         lrs[step] = learning_rate_at(&s->opt, step);
@@ -257,6 +268,57 @@ static void check_training_steps(GPT2 *model, const DebugState *s) {
     compare_each("step norms", norms, s->step_grad_norms, (size_t)s->num_steps, tolerances.steps);
     compare_each("step loss", losses, s->step_losses, (size_t)s->num_steps, tolerances.steps);
     free(losses); free(lrs); free(norms);
+}
+
+// A state with dropout must be one that dropout changes: the logits without
+// it differ from the reference's with it (else both sides could ignore it).
+static void check_dropout_is_active(GPT2 *model, const DebugState *s) {
+    if (s->dropout == 0.0f) { return; }
+    Batch batch = batch_of(s);
+    gpt2_forward(model, &batch, 1.0f, NULL);
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int i = 0; i < s->B * s->K; i++) {
+        max_diff = fmax(max_diff, fabs((double)model->logits[i] - s->logits[i]));
+        max_ref = fmax(max_ref, fabs((double)s->logits[i]));
+    }
+    char line[160];
+    snprintf(line, sizeof(line), "dropout   %.2f changes the logits: without it they differ by %.3e (> 100 x the logits tolerance)",
+             s->dropout, max_diff);
+    report(max_diff > 100.0 * tolerances.logits * max_ref, line);
+}
+
+// The masks themselves, over 2^20 elements: the drop rate is p and the mean
+// factor keep/(1-p) is 1 (each within 5 standard deviations), and masks of
+// other sites, other passes and neighbouring elements agree as often as
+// independent ones would, p^2 + (1-p)^2.
+static void check_dropout_masks(void) {
+    const int n = 1 << 20;
+    const float ps[2] = {0.1f, 0.5f};
+    for (int k = 0; k < 2; k++) {
+        const double p = ps[k];
+        const Dropout pass0 = dropout_for_pass(ps[k], 1337, 0), pass1 = dropout_for_pass(ps[k], 1337, 1);
+        const DropoutSite a = dropout_site(&pass0, 1, 1024, 1, NULL), other_site = dropout_site(&pass0, 2, 1024, 1, NULL);
+        const DropoutSite other_pass = dropout_site(&pass1, 1, 1024, 1, NULL);
+        double dropped = 0.0, sum = 0.0, same_site = 0.0, same_pass = 0.0, same_neighbour = 0.0;
+        for (int i = 0; i < n; i++) {
+            const int keep = dropout_factor(&a, (uint64_t)i) != 0.0f;
+            dropped += !keep;
+            sum += dropout_factor(&a, (uint64_t)i);
+            same_site += keep == (dropout_factor(&other_site, (uint64_t)i) != 0.0f);
+            same_pass += keep == (dropout_factor(&other_pass, (uint64_t)i) != 0.0f);
+            same_neighbour += keep == (dropout_factor(&a, (uint64_t)i + 1) != 0.0f);
+        }
+        const double agree = p * p + (1.0 - p) * (1.0 - p), sd_agree = sqrt(agree * (1.0 - agree) / n);
+        const int ok = fabs(dropped / n - p) < 5.0 * sqrt(p * (1.0 - p) / n) &&
+                       fabs(sum / n - 1.0) < 5.0 * sqrt(p / (1.0 - p) / n) &&
+                       fabs(same_site / n - agree) < 5.0 * sd_agree && fabs(same_pass / n - agree) < 5.0 * sd_agree &&
+                       fabs(same_neighbour / n - agree) < 5.0 * sd_agree;
+        char line[256];
+        snprintf(line, sizeof(line), "masks     p %.1f: dropped %.5f, mean factor %.5f, agreement with another site %.5f, "
+                 "pass %.5f, neighbour %.5f (independent: %.5f)", p, dropped / n, sum / n, same_site / n,
+                 same_pass / n, same_neighbour / n, agree);
+        report(ok, line);
+    }
 }
 
 // A fine-tuned checkpoint written and read back gives the same parameters.
@@ -289,10 +351,11 @@ int main(int argc, char **argv) {
         fail("%s: %s", model_path, error);
     }
     unmap_file(&model_file);
+    check_dropout_masks();
     for (int i = 2; i < argc; i++) {
         DebugState s;
         load_debug_state(&s, argv[i], cfg);
-        printf("== %s with %s: B=%d T=%d num_labels=%d lengths", model_path, argv[i], s.B, s.T, s.K);
+        printf("== %s with %s: B=%d T=%d num_labels=%d dropout %g lengths", model_path, argv[i], s.B, s.T, s.K, s.dropout);
         for (int b = 0; b < s.B; b++) { printf(" %d", s.lengths[b]); }
         printf("\n");
 
@@ -301,6 +364,7 @@ int main(int argc, char **argv) {
         check_forward_backward(&model, &s);
         check_padding_invariance(&model, &s);
         check_thread_invariance(&model, &s);
+        check_dropout_is_active(&model, &s);
         check_training_steps(&model, &s);
         check_checkpoint_round_trip(&model);
         gpt2_free(&model);

@@ -427,6 +427,114 @@ static inline float exp_fast(float x) {
 }
 
 // ----------------------------------------------------------------------------
+// Dropout, as in Hugging Face's GPT-2: while training, each element of four
+// tensors (the embeddings, the attention probabilities, the attention and MLP
+// projection outputs) is zeroed with probability p and the rest are scaled by
+// 1/(1-p), so the expected value is unchanged and evaluation needs no dropout:
+//   y = x * keep / (1-p),  keep ~ Bernoulli(1-p)
+// Its backward multiplies by the same constant mask: dx = dy * keep / (1-p).
+// The mask is a hash of the element's coordinates (dev/FORMATS.md section 5)
+// rather than a stream of random numbers: the backward pass recomputes it
+// instead of storing it, any thread can compute any element, padding cannot
+// shift it, and the PyTorch reference reproduces it exactly for the tests.
+
+#define HASH_GOLDEN 0x9E3779B97F4A7C15ULL // 2^64 / golden ratio: spreads consecutive counters
+
+// A bijective 64-bit mixer (SplitMix64's finaliser): every input bit affects
+// every output bit.
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// Dropout of one forward pass. Pass number `pass` of a run with seed `seed`
+// has key mix64(seed * G + pass); training pass k of update s is s * A + k.
+typedef struct {
+    float p;      // probability of dropping an element; 0: dropout off
+    uint64_t key; // this forward pass's key
+} Dropout;
+
+Dropout dropout_for_pass(float p, uint64_t seed, uint64_t pass) {
+    Dropout d = {p, mix64(seed * HASH_GOLDEN + pass)};
+    return d;
+}
+
+// One of the 1 + 3L places dropout applies in a forward pass (site 0: the
+// embeddings; 1 + 3l + j in layer l: j = 0 attention probabilities, 1 attention
+// projection, 2 MLP projection), with the layout of the rows it applies to.
+typedef struct {
+    uint64_t key;       // mix64(pass key + (site + 1) G)
+    uint32_t threshold; // an element is dropped when its 24-bit hash is below this: round(p 2^24)
+    float scale;        // 1/(1-p)
+    int max_seq_len;    // maxT: indices are positions in a (B, maxT, ...) tensor
+    int T;              // rows r of an activation are positions (b, t) = (r / T, r % T) ...
+    const int *lengths; // ... or, when set, (r, lengths[r] - 1): one row per sequence
+} DropoutSite;
+
+DropoutSite dropout_site(const Dropout *d, int site, int max_seq_len, int T, const int *lengths) {
+    DropoutSite s;
+    s.key = mix64(d->key + (uint64_t)(site + 1) * HASH_GOLDEN);
+    s.threshold = (uint32_t)(d->p * 16777216.0 + 0.5);
+    s.scale = 1.0f / (1.0f - d->p);
+    s.max_seq_len = max_seq_len;
+    s.T = T;
+    s.lengths = lengths;
+    return s;
+}
+
+// keep / (1-p) for the element at `index`: scale or 0.
+static inline float dropout_factor(const DropoutSite *s, uint64_t index) {
+    return (uint32_t)(mix64(s->key + index * HASH_GOLDEN) >> 40) >= s->threshold ? s->scale : 0.0f;
+}
+
+// One row of C elements whose first has index `base`:
+// out[i] = residual[i] + x[i] * keep(base + i) / (1-p)   (no add when residual is NULL)
+void dropout_row(float *out, const float *x, const float *residual, const DropoutSite *s, uint64_t base, int C) {
+    const DropoutSite site = *s; // a local copy: the stores to out cannot change it, so the loop vectorizes
+    for (int i = 0; i < C; i++) {
+        const float kept = x[i] * dropout_factor(&site, base + i);
+        out[i] = residual != NULL ? residual[i] + kept : kept;
+    }
+}
+
+// out[r,i] = residual[r,i] + x[r,i] * keep(b,t,i) / (1-p) over (rows, C), with
+// index (b maxT + t) C + i; residual may be NULL (no add), out may be x.
+// It is also the backward: dx = dropout_apply(dout) with residual NULL.
+void dropout_apply(float *out, const float *x, const float *residual, const DropoutSite *s, int rows, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const int b = s->lengths != NULL ? r : r / s->T;
+        const int t = s->lengths != NULL ? s->lengths[r] - 1 : r % s->T;
+        const size_t row = (size_t)r * C;
+        dropout_row(out + row, x + row, residual != NULL ? residual + row : NULL, s,
+                    ((uint64_t)b * s->max_seq_len + t) * C, C);
+    }
+}
+
+// Backward of dropout_apply with respect to x: dout itself when dropout is
+// off (s NULL), else `scratch` (rows, C) holding dout * keep / (1-p).
+const float *dropout_backward(float *scratch, const float *dout, const DropoutSite *s, int rows, int C) {
+    if (s == NULL) { return dout; }
+    dropout_apply(scratch, dout, NULL, s, rows, C);
+    return scratch;
+}
+
+// The attention probability (b,h,t,u) has index ((b NH + h) maxT + t) maxT + u;
+// this is the index of u = 0.
+static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, int h, int NH, int t) {
+    return (((uint64_t)b * NH + h) * s->max_seq_len + t) * s->max_seq_len;
+}
+
+// Row t of attention probabilities after dropout, for keys u = 0..t of head h
+// of sequence b: dropped[u] = p[u] * keep(b,h,t,u) / (1-p).
+void dropout_attention_row(float *dropped, const float *p, const DropoutSite *s, int b, int h, int NH, int t) {
+    const DropoutSite site = *s; // a local copy, as in dropout_row
+    const uint64_t base = dropout_attention_row_index(&site, b, h, NH, t);
+    for (int u = 0; u <= t; u++) { dropped[u] = p[u] * dropout_factor(&site, base + u); }
+}
+
+// ----------------------------------------------------------------------------
 // Layers. Each forward states what it computes; each backward the derivative.
 
 // Token and position embeddings.
@@ -596,19 +704,39 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     bias_backward(dbias, dout, OC, N, OC);
 }
 
+// The end of a residual branch: out (N,C) = residual + dropout(inp (N,IC) . W^T + b).
+// Without dropout the residual plus bias is written first and the matmul adds
+// onto it; with dropout the branch goes through `scratch` (N,C) first.
+// out may be residual.
+void residual_branch_forward(float *out, const float *residual, const float *inp, const float *weight,
+                             const float *bias, float *scratch, int N, int IC, int C, const DropoutSite *drop) {
+    if (drop == NULL) {
+        residual_plus_bias(out, residual, bias, N, C);
+        matmul_forward_accumulate(out, inp, weight, N, IC, C);
+        return;
+    }
+    fill_rows_with_bias(scratch, C, bias, N, C);
+    matmul_forward_accumulate(scratch, inp, weight, N, IC, C);
+    dropout_apply(out, scratch, residual, drop, N, C);
+}
+
 // Causal multi-head self-attention, NH heads of size hs = C/NH.
 // qkv (B,T,3C) holds [q | k | v] for each position. For each (b, h):
 //   S = Q K^T / sqrt(hs)                    (T,T), only u <= t is used
 //   P[t,u] = softmax_u(S[t,:u+1])           zero for u > t (causal mask)
-//   O = P V                                 (T,hs), written to out[b,:,h*hs:(h+1)*hs]
+//   P' = dropout(P)                         P itself when dropout is off
+//   O = P' V                                (T,hs), written to out[b,:,h*hs:(h+1)*hs]
 // att (B,NH,T,T) keeps P for the backward pass. Position t never sees u > t,
 // so right-padding cannot change any real position's output.
 // Queries go in blocks of ATTENTION_BLOCK rows; block [r0,r1) needs keys
 // 0..r1-1 only, which skips most of the masked upper triangle. Each product is
 // a small matrix multiplication run by one thread; threads split the (b, h).
+// scratch holds two (ATTENTION_BLOCK, T) blocks per thread (P' lives there).
 #define ATTENTION_BLOCK 64
+#define ATTENTION_SCRATCH_FLOATS(T) (2 * ATTENTION_BLOCK * (size_t)(T)) // per thread
 
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+void attention_forward(float *out, float *att, float *scratch, const float *qkv,
+                       int B, int T, int C, int NH, const DropoutSite *drop) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const long row = 3L * C; // distance between positions in qkv
@@ -619,6 +747,7 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
             const float *q = qkv + (size_t)b * T * row + h * hs, *k = q + C, *v = q + 2 * C;
             float *p = att + ((size_t)b * NH + h) * T * T;
             float *o = out + (size_t)b * T * C + h * hs;
+            float *dropped = scratch + (size_t)thread_id() * ATTENTION_SCRATCH_FLOATS(T);
             for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
                 const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T;
                 const StridedMatrix q_block = {q + r0 * row, row, 1}, k_transposed = {k, 1, row};
@@ -632,8 +761,15 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
                     const float inv_sum = 1.0f / sum;
                     for (int u = 0; u <= t; u++) { p_row[u] *= inv_sum; }
                     for (int u = t + 1; u < r1; u++) { p_row[u] = 0.0f; }
+                    if (drop != NULL) {
+                        float *dropped_row = dropped + (size_t)(t - r0) * r1;
+                        dropout_attention_row(dropped_row, p_row, drop, b, h, NH, t);
+                        for (int u = t + 1; u < r1; u++) { dropped_row[u] = 0.0f; }
+                    }
                 }
-                const StridedMatrix p_block = {p + (size_t)r0 * T, T, 1}, v_all = {v, row, 1};
+                const StridedMatrix p_block = drop != NULL ? (StridedMatrix){dropped, r1, 1}
+                                                           : (StridedMatrix){p + (size_t)r0 * T, T, 1};
+                const StridedMatrix v_all = {v, row, 1};
                 gemm_serial(r1 - r0, hs, r1, p_block, v_all, o + (size_t)r0 * C, C, 0);
             }
         }
@@ -641,14 +777,15 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
 }
 
 // Backward of attention for one (b, h), from dO = dL/dO (T,hs):
-//   dV  = P^T dO
-//   dP  = dO V^T
-//   dS  = P * (dP - rowsum(P * dP))        (softmax backward; * is elementwise)
+//   dV  = P'^T dO
+//   dP' = dO V^T;   dP = dP' * keep / (1-p)      (dropout's backward; dP = dP' without it)
+//   dS  = P * (dP - rowsum(P * dP))              (softmax backward; * is elementwise)
 //   dQ  = dS K / sqrt(hs),   dK = dS^T Q / sqrt(hs)
 // in the same query blocks as the forward pass. dqkv (B,T,3C) is overwritten.
-// scratch holds one (ATTENTION_BLOCK, T) block of dS per thread.
+// scratch as in the forward: one block of dS and one of P' per thread; the
+// dropout mask is recomputed, not stored.
 void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                               const float *att, int B, int T, int C, int NH) {
+                        const float *att, int B, int T, int C, int NH, const DropoutSite *drop) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const long row = 3L * C;
@@ -660,20 +797,32 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             float *dq = dqkv + (size_t)b * T * row + h * hs, *dk = dq + C, *dv = dq + 2 * C;
             const float *p = att + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            float *ds = scratch + (size_t)thread_id() * ATTENTION_BLOCK * T;
+            float *ds = scratch + (size_t)thread_id() * ATTENTION_SCRATCH_FLOATS(T);
+            float *dropped = ds + ATTENTION_BLOCK * (size_t)T;
             for (int t = 0; t < T; t++) {
                 memset(dk + t * row, 0, (size_t)hs * sizeof(float));
                 memset(dv + t * row, 0, (size_t)hs * sizeof(float));
             }
             for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
                 const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T, rows = r1 - r0;
-                const StridedMatrix p_transposed = {p + (size_t)r0 * T, 1, T}, do_block = {dO + (size_t)r0 * C, C, 1};
+                // P' of this block: P's rows (stride T), or recomputed from the mask (stride r1)
+                StridedMatrix p_transposed = {p + (size_t)r0 * T, 1, T};
+                if (drop != NULL) {
+                    for (int t = r0; t < r1; t++) {
+                        float *dropped_row = dropped + (size_t)(t - r0) * r1;
+                        dropout_attention_row(dropped_row, p + (size_t)t * T, drop, b, h, NH, t);
+                        for (int u = t + 1; u < r1; u++) { dropped_row[u] = 0.0f; }
+                    }
+                    p_transposed = (StridedMatrix){dropped, 1, r1};
+                }
+                const StridedMatrix do_block = {dO + (size_t)r0 * C, C, 1};
                 gemm_serial(r1, hs, rows, p_transposed, do_block, dv, row, 1);
                 const StridedMatrix v_transposed = {v, 1, row};
                 gemm_serial(rows, r1, hs, do_block, v_transposed, ds, r1, 0);
                 for (int t = r0; t < r1; t++) {
                     const float *p_row = p + (size_t)t * T;
                     float *ds_row = ds + (size_t)(t - r0) * r1;
+                    if (drop != NULL) { dropout_attention_row(ds_row, ds_row, drop, b, h, NH, t); }
                     float weighted_sum = 0.0f;
                     for (int u = 0; u <= t; u++) { weighted_sum += p_row[u] * ds_row[u]; }
                     for (int u = 0; u <= t; u++) { ds_row[u] = p_row[u] * (ds_row[u] - weighted_sum) * scale; }
@@ -719,10 +868,11 @@ void gelu_backward_inplace(float *d, const float *inp, size_t n) {
 // Attention in the last block, where only each sequence's last real
 // position t = lengths[b]-1 matters (it alone reaches the head): one query
 // per (b, h) against the keys and values of positions 0..t.
-//   p[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u p[u] v_u
+//   p[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u p'[u] v_u
+// with p' = dropout(p) (p itself when dropout is off).
 // q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps p.
 void last_attention_forward(float *out, float *att, const float *q, const float *qkv, const int *lengths,
-                            int B, int T, int C, int NH) {
+                            int B, int T, int C, int NH, const DropoutSite *drop) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     #pragma omp parallel for collapse(2) schedule(static)
@@ -742,22 +892,25 @@ void last_attention_forward(float *out, float *att, const float *q, const float 
             float sum = 0.0f;
             for (int u = 0; u <= t; u++) { p[u] = exp_fast(p[u] - max_score); sum += p[u]; }
             for (int u = 0; u <= t; u++) { p[u] /= sum; }
+            const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float *o = out + (size_t)b * C + h * hs;
             for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
-                for (int i = 0; i < hs; i++) { o[i] += p[u] * v[(size_t)u * 3 * C + i]; }
+                const float p_dropped = drop != NULL ? p[u] * dropout_factor(drop, mask_base + u) : p[u];
+                for (int i = 0; i < hs; i++) { o[i] += p_dropped * v[(size_t)u * 3 * C + i]; }
             }
         }
     }
 }
 
-// Its backward, from dO (B,C):
-//   dv_u = p[u] dO;   dp[u] = dO . v_u;   ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]) / sqrt(hs)
+// Its backward, from dO (B,C), as attention_backward:
+//   dv_u = p'[u] dO;   dp[u] = (dO . v_u) * keep[u] / (1-p);   ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]) / sqrt(hs)
 //   dq = sum_u ds[u] k_u;   dk_u = ds[u] q
 // dq (B,C) is overwritten; so are the k and v parts of dqkv (B,T,3C), zero
 // past each sequence's last position. The q part of dqkv is not used.
 void last_attention_backward(float *dq, float *dqkv, const float *dout, const float *q, const float *qkv,
-                             const float *att, const int *lengths, int B, int T, int C, int NH) {
+                             const float *att, const int *lengths, int B, int T, int C, int NH,
+                             const DropoutSite *drop) {
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     #pragma omp parallel for collapse(2) schedule(static)
@@ -769,13 +922,15 @@ void last_attention_backward(float *dq, float *dqkv, const float *dout, const fl
             float *dk = dqkv + (size_t)b * T * 3 * C + C + h * hs, *dv = dk + C;
             float *dqh = dq + (size_t)b * C + h * hs;
             const float *p = att + ((size_t)b * NH + h) * T;
+            const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float weighted_sum = 0.0f;
             for (int u = 0; u <= t; u++) { // dv, and dp kept in dk's first slot for now
+                const float factor = drop != NULL ? dropout_factor(drop, mask_base + u) : 1.0f; // keep / (1-p)
                 float dot = 0.0f;
                 for (int i = 0; i < hs; i++) { dot += dO[i] * v[(size_t)u * 3 * C + i]; }
-                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = p[u] * dO[i]; }
-                dk[(size_t)u * 3 * C] = dot;
-                weighted_sum += p[u] * dot;
+                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = p[u] * factor * dO[i]; }
+                dk[(size_t)u * 3 * C] = dot * factor;
+                weighted_sum += p[u] * dot * factor;
             }
             for (int i = 0; i < hs; i++) { dqh[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
@@ -992,7 +1147,8 @@ typedef struct {
     float *dqkv;      // (B,T,3C)
     float *dfch;      // (B,T,4C)  dL/d(GELU output), then dL/d(fch)
     float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
-    float *dscores;   // (threads, ATTENTION_BLOCK, T)  attention_backward's scratch
+    float *branch;    // (B,T,C)   with dropout: a residual branch before dropout, or its gradient
+    float *dscores;   // (threads, 2 ATTENTION_BLOCK, T)  attention's scratch
     float *dpooled;   // (B,C)
     float *dlogits;   // (B,K)
     float *dlast;     // (B,C)     dL/d(last block's residual stream) at the last positions
@@ -1020,6 +1176,7 @@ typedef struct {
     int B, T;                 // the current batch
     const int *tokens;        // (B,T) of the current batch
     const int *lengths;       // (B)
+    Dropout dropout;          // of the current forward pass (p = 0: none)
     float loss;               // of the last forward with targets, or -1
     int step;                 // optimizer updates these parameters have had
 } GPT2;
@@ -1229,7 +1386,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     // An upper bound of all the floats below; sizes are size_t, 32 bits on some hosts.
     const double c = cfg->channels, per_position = cfg->num_layers * (16 * c + (double)cfg->num_heads * T + 8) + 16 * c;
     const double floats = (double)B * T * per_position + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
-                          (double)max_threads() * ATTENTION_BLOCK * T;
+                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T);
     if (floats * sizeof(float) > (double)SIZE_MAX) { fail("a batch of %d x %d tokens needs more memory than this machine can address", B, T); }
     size_t sizes[NUM_ACTIVATION_TENSORS];
     activation_sizes(sizes, *cfg, B, T);
@@ -1238,17 +1395,19 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     model->acts_memory = (float *)malloc_or_die(total * sizeof(float), "activations");
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
-    const size_t buf_sizes[12] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C,
-                                  (size_t)max_threads() * ATTENTION_BLOCK * T, B * C, B * K, B * C, B * C, B * C};
-    float **buf_slots[12] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
-                             &model->bufs.dfch, &model->bufs.gelu, &model->bufs.dscores,
-                             &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
-                             &model->bufs.dlast_q, &model->bufs.dlast_ln1};
+    enum { NUM_BUFFERS = 13 };
+    const size_t buf_sizes[NUM_BUFFERS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C,
+                                           (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
+                                           B * C, B * K, B * C, B * C, B * C};
+    float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
+                                      &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.dscores,
+                                      &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
+                                      &model->bufs.dlast_q, &model->bufs.dlast_ln1};
     size_t buf_total = 0;
-    for (int i = 0; i < 12; i++) { buf_total += buf_sizes[i]; }
+    for (int i = 0; i < NUM_BUFFERS; i++) { buf_total += buf_sizes[i]; }
     model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
     float *p = model->bufs_memory;
-    for (int i = 0; i < 12; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
+    for (int i = 0; i < NUM_BUFFERS; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
     model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
     model->max_batch = B;
     model->max_seq = T;
@@ -1279,9 +1438,23 @@ void validate_batch(const GPT2 *model, const Batch *batch) {
     }
 }
 
+// Dropout sites of the model (dev/FORMATS.md section 5): 0 is the embeddings,
+// and layer l has 1 + 3l + each of these.
+enum { DROPOUT_ATTENTION_PROBS, DROPOUT_ATTENTION_OUT, DROPOUT_MLP_OUT };
+int dropout_site_number(int layer, int which) { return 1 + 3 * layer + which; }
+
+// The masks of `site` in the current forward pass, stored in *s; NULL when
+// dropout is off. lengths: the rows are the sequences' last positions.
+const DropoutSite *model_dropout_site(DropoutSite *s, const GPT2 *model, int site, const int *lengths) {
+    if (model->dropout.p <= 0.0f) { return NULL; }
+    *s = dropout_site(&model->dropout, site, model->config.max_seq_len, model->T, lengths);
+    return s;
+}
+
 // One transformer block at every position (layers 0..L-2):
-//   residual2 = input + proj(attention(LN1(input)))
-//   residual3 = residual2 + proj(GELU(fc(LN2(residual2))))
+//   residual2 = input + dropout(proj(attention(LN1(input))))
+//   residual3 = residual2 + dropout(proj(GELU(fc(LN2(residual2)))))
+// (attention drops its probabilities too; without dropout each dropout is the identity)
 void block_forward(GPT2 *model, int l, const float *input) {
     const GPT2Config *cfg = &model->config;
     const int B = model->B, T = model->T, C = cfg->channels, NH = cfg->num_heads, N = B * T;
@@ -1293,21 +1466,25 @@ void block_forward(GPT2 *model, int l, const float *input) {
     float *att = a.att + l * (size_t)B * NH * T * T, *residual2 = a.residual2 + l * BT * C;
     float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
     float *fch = a.fch + l * BT * 4 * C, *residual3 = a.residual3 + l * BT * C;
-    float *gelu = model->bufs.gelu;
+    float *gelu = model->bufs.gelu, *branch = model->bufs.branch;
+    DropoutSite sites[3];
+    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), NULL);
+    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), NULL);
+    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), NULL);
 
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
     fill_rows_with_bias(qkv, 3 * C, p.qkvb + l * 3 * C, N, 3 * C);
     matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
-    attention_forward(atty, att, qkv, B, T, C, NH);
-    residual_plus_bias(residual2, input, p.attprojb + l * C, N, C);
-    matmul_forward_accumulate(residual2, atty, p.attprojw + (size_t)l * C * C, N, C, C);
+    attention_forward(atty, att, model->bufs.dscores, qkv, B, T, C, NH, drop_probs);
+    residual_branch_forward(residual2, input, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C,
+                            branch, N, C, C, drop_attention);
 
     layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C);
     fill_rows_with_bias(fch, 4 * C, p.fcb + l * 4 * C, N, 4 * C);
     matmul_forward_accumulate(fch, ln2, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C);
     gelu_forward(gelu, fch, BT * 4 * C);
-    residual_plus_bias(residual3, residual2, p.fcprojb + l * C, N, C);
-    matmul_forward_accumulate(residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C);
+    residual_branch_forward(residual3, residual2, gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
+                            branch, N, 4 * C, C, drop_mlp);
 }
 
 // The last block. Only each sequence's last real position reaches the head,
@@ -1325,7 +1502,12 @@ void last_block_forward(GPT2 *model, const float *input) {
     float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
     float *qkv = a.qkv + l * BT * 3 * C;
     const float *qkvw = p.qkvw + (size_t)l * 3 * C * C, *qkvb = p.qkvb + l * 3 * C;
-    float *gelu = model->bufs.gelu; // (B,4C) of it
+    float *gelu = model->bufs.gelu, *branch = model->bufs.branch; // (B,4C) and (B,C) of them
+    const int *lengths = model->lengths;
+    DropoutSite sites[3];
+    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), lengths);
+    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), lengths);
+    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), lengths);
 
     // keys and values at every position: qkv[:, C:3C] = LN1(input) . W_kv^T + b_kv
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
@@ -1334,38 +1516,42 @@ void last_block_forward(GPT2 *model, const float *input) {
     gemm(N, 2 * C, C, x, w_kv_transposed, qkv + C, 3 * C, 1);
 
     // the query and everything after it at the last positions only
-    gather_last_positions(a.last_ln1, ln1, model->lengths, B, T, C);
+    gather_last_positions(a.last_ln1, ln1, lengths, B, T, C);
     fill_rows_with_bias(a.last_q, C, qkvb, B, C);
     matmul_forward_accumulate(a.last_q, a.last_ln1, qkvw, B, C, C);
-    last_attention_forward(a.last_atty, a.last_att, a.last_q, qkv, model->lengths, B, T, C, NH);
-    gather_last_positions(a.last_residual2, input, model->lengths, B, T, C);
-    for (int b = 0; b < B; b++) {
-        for (int i = 0; i < C; i++) { a.last_residual2[b * C + i] += p.attprojb[l * C + i]; }
-    }
-    matmul_forward_accumulate(a.last_residual2, a.last_atty, p.attprojw + (size_t)l * C * C, B, C, C);
+    last_attention_forward(a.last_atty, a.last_att, a.last_q, qkv, lengths, B, T, C, NH, drop_probs);
+    gather_last_positions(a.last_residual2, input, lengths, B, T, C); // the residual, then the branch on top
+    residual_branch_forward(a.last_residual2, a.last_residual2, a.last_atty, p.attprojw + (size_t)l * C * C,
+                            p.attprojb + l * C, branch, B, C, C, drop_attention);
     layernorm_forward(a.last_ln2, a.last_ln2_mean, a.last_ln2_rstd, a.last_residual2,
                       p.ln2w + l * C, p.ln2b + l * C, B, C);
     fill_rows_with_bias(a.last_fch, 4 * C, p.fcb + l * 4 * C, B, 4 * C);
     matmul_forward_accumulate(a.last_fch, a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
     gelu_forward(gelu, a.last_fch, (size_t)B * 4 * C);
-    residual_plus_bias(a.last_residual3, a.last_residual2, p.fcprojb + l * C, B, C);
-    matmul_forward_accumulate(a.last_residual3, gelu, p.fcprojw + (size_t)l * 4 * C * C, B, 4 * C, C);
+    residual_branch_forward(a.last_residual3, a.last_residual2, gelu, p.fcprojw + (size_t)l * 4 * C * C,
+                            p.fcprojb + l * C, branch, B, 4 * C, C, drop_mlp);
 }
 
 // Runs the model on a batch: fills model->logits (B,K). When the batch has
 // targets (labels or regression targets), also computes model->loss and
-// leaves dlogits ready for gpt2_backward, scaled by grad_scale.
-void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale) {
+// leaves dlogits ready for gpt2_backward, scaled by grad_scale. `dropout`
+// is NULL for evaluation and inference; training passes its pass's masks.
+void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale, const Dropout *dropout) {
     validate_batch(model, batch);
+    if (dropout != NULL && !(dropout->p >= 0.0f && dropout->p < 1.0f)) { fail("dropout %g is out of range [0, 1)", dropout->p); }
     const GPT2Config *cfg = &model->config;
     const int B = batch->B, T = batch->T, C = cfg->channels, K = cfg->num_labels;
     gpt2_ensure_buffers(model, B, T);
     model->B = B; model->T = T;
     model->tokens = batch->tokens; model->lengths = batch->lengths;
+    model->dropout = dropout != NULL ? *dropout : (Dropout){0.0f, 0};
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
 
     encoder_forward(a.encoded, batch->tokens, p.wte, p.wpe, B, T, C);
+    DropoutSite site;
+    const DropoutSite *drop_embeddings = model_dropout_site(&site, model, 0, NULL);
+    if (drop_embeddings != NULL) { dropout_apply(a.encoded, a.encoded, NULL, drop_embeddings, B * T, C); }
     for (int l = 0; l < cfg->num_layers - 1; l++) {
         block_forward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * (size_t)B * T * C);
     }
@@ -1409,9 +1595,14 @@ void block_backward(GPT2 *model, int l, const float *input) {
     const float *att = a.att + l * (size_t)B * NH * T * T, *residual2 = a.residual2 + l * BT * C;
     const float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
     const float *fch = a.fch + l * BT * 4 * C;
+    DropoutSite sites[3];
+    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), NULL);
+    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), NULL);
+    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), NULL);
 
     gelu_forward(d.gelu, fch, BT * 4 * C);
-    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dresidual,
+    const float *dmlp = dropout_backward(d.branch, d.dresidual, drop_mlp, N, C);
+    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, dmlp,
                     d.gelu, p.fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C);
     gelu_backward_inplace(d.dfch, fch, BT * 4 * C);
     matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
@@ -1419,9 +1610,10 @@ void block_backward(GPT2 *model, int l, const float *input) {
     layernorm_backward(d.dresidual, g.ln2w + l * C, g.ln2b + l * C, d.dln, residual2,
                        p.ln2w + l * C, ln2_mean, ln2_rstd, N, C);
 
-    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dresidual,
+    const float *dattention = dropout_backward(d.branch, d.dresidual, drop_attention, N, C);
+    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     atty, p.attprojw + (size_t)l * C * C, N, C, C);
-    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH);
+    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH, drop_probs);
     matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
                     ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
     layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
@@ -1441,21 +1633,28 @@ void last_block_backward(GPT2 *model, const float *input) {
     const float *ln1 = a.ln1 + l * BT * C, *ln1_mean = a.ln1_mean + l * BT, *ln1_rstd = a.ln1_rstd + l * BT;
     const float *qkv = a.qkv + l * BT * 3 * C, *qkvw = p.qkvw + (size_t)l * 3 * C * C;
     float *dqkvw = g.qkvw + (size_t)l * 3 * C * C, *dqkvb = g.qkvb + l * 3 * C;
+    const int *lengths = model->lengths;
+    DropoutSite sites[3];
+    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), lengths);
+    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), lengths);
+    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), lengths);
 
     // MLP and attention projection, at the last positions
     gelu_forward(d.gelu, a.last_fch, (size_t)B * 4 * C);
-    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, d.dlast,
+    const float *dmlp = dropout_backward(d.branch, d.dlast, drop_mlp, B, C);
+    matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, dmlp,
                     d.gelu, p.fcprojw + (size_t)l * 4 * C * C, B, 4 * C, C);
     gelu_backward_inplace(d.dfch, a.last_fch, (size_t)B * 4 * C);
     matmul_backward(d.dln, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.dfch,
                     a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
     layernorm_backward(d.dlast, g.ln2w + l * C, g.ln2b + l * C, d.dln, a.last_residual2,
                        p.ln2w + l * C, a.last_ln2_mean, a.last_ln2_rstd, B, C);
-    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.dlast,
+    const float *dattention = dropout_backward(d.branch, d.dlast, drop_attention, B, C);
+    matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     a.last_atty, p.attprojw + (size_t)l * C * C, B, C, C);
 
     // attention: dq at the last positions, dk and dv everywhere
-    last_attention_backward(d.dlast_q, d.dqkv, d.datty, a.last_q, qkv, a.last_att, model->lengths, B, T, C, NH);
+    last_attention_backward(d.dlast_q, d.dqkv, d.datty, a.last_q, qkv, a.last_att, lengths, B, T, C, NH, drop_probs);
 
     // keys and values: dln1 = dkv . W_kv;  dW_kv += dkv^T . ln1;  db_kv += sum dkv
     const StridedMatrix dkv = {d.dqkv + C, 3 * C, 1}, w_kv = {qkvw + (size_t)C * C, C, 1};
@@ -1497,6 +1696,9 @@ void gpt2_backward(GPT2 *model) {
     for (int l = last - 1; l >= 0; l--) {
         block_backward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * BTC);
     }
+    DropoutSite site;
+    const DropoutSite *drop_embeddings = model_dropout_site(&site, model, 0, NULL);
+    if (drop_embeddings != NULL) { dropout_apply(d.dresidual, d.dresidual, NULL, drop_embeddings, B * T, C); }
     encoder_backward(g.wte, g.wpe, d.dresidual, model->tokens, B, T, C);
 }
 
@@ -1908,7 +2110,7 @@ EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, 
     for (int64_t start = 0; start < n; start += B) {
         const int b_count = (int)(n - start < B ? n - start : B);
         fill_batch(&batch, d, order + start, b_count, max_len, how, regression);
-        gpt2_forward(model, &batch, 1.0f);
+        gpt2_forward(model, &batch, 1.0f, NULL);
         loss_sum += (double)model->loss * b_count;
         for (int b = 0; b < b_count; b++) {
             const int pred = predicted_class(model->logits + b * K, K);
@@ -2050,6 +2252,7 @@ typedef struct {
     int batch_size, grad_accum, epochs, max_steps;
     OptimizerConfig opt;
     float warmup_ratio;
+    float dropout;            // while training; evaluation never drops
     uint64_t seed;
     int log_every, eval_every, eval_examples, save_every, threads;
     int stop_at_step;         // end this run after this many updates (0: run to the end)
@@ -2076,6 +2279,8 @@ void print_usage(void) {
         "  --lr F [5e-5]   --warmup-steps N [0]   --warmup-ratio F [0]\n"
         "  --weight-decay F [0]   --max-grad-norm F (0: off) [1]\n"
         "  --beta1 F [0.9]   --beta2 F [0.999]   --eps F [1e-8]   --seed N [1337]\n"
+        "  --dropout P             drop probability at GPT-2's four dropout places while\n"
+        "                          training (0: off) [0.1, as GPT-2's Hugging Face config]\n"
         "output\n"
         "  --log-every N [10]   --eval-every N steps (0: only at the end) [0]\n"
         "  --eval-examples N   examples for the periodic evaluations [1000]\n"
@@ -2116,6 +2321,7 @@ void parse_args(Args *a, int argc, char **argv) {
     a->opt.learning_rate = 5e-5f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
     a->opt.max_grad_norm = 1.0f;
     a->seed = 1337;
+    a->dropout = 0.1f;
     a->log_every = 10; a->eval_examples = 1000;
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
@@ -2154,6 +2360,7 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--beta1") == 0) { a->opt.beta1 = parse_float(flag, v, 0.0, 0.999999); }
         else if (strcmp(flag, "--beta2") == 0) { a->opt.beta2 = parse_float(flag, v, 0.0, 0.999999999); }
         else if (strcmp(flag, "--eps") == 0) { a->opt.eps = parse_float(flag, v, 1e-30, 1.0); }
+        else if (strcmp(flag, "--dropout") == 0) { a->dropout = parse_float(flag, v, 0.0, 0.99); }
         else if (strcmp(flag, "--seed") == 0) { a->seed = (uint64_t)parse_long(flag, v, 0, 2147483647); }
         else if (strcmp(flag, "--log-every") == 0) { a->log_every = (int)parse_long(flag, v, 1, 100000000); }
         else if (strcmp(flag, "--eval-every") == 0) { a->eval_every = (int)parse_long(flag, v, 0, 100000000); }
@@ -2196,7 +2403,7 @@ void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
         Batch inputs_only = batch; // no loss: the data may be unlabelled
         inputs_only.labels = NULL;
         inputs_only.targets = NULL;
-        gpt2_forward(model, &inputs_only, 1.0f);
+        gpt2_forward(model, &inputs_only, 1.0f, NULL);
         for (int b = 0; b < count; b++) {
             const float *z = model->logits + b * K;
             fprintf(f, "%lld,%d,%d", (long long)(start + b), d->labels[start + b], predicted_class(z, K));
@@ -2258,9 +2465,9 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     if (args->warmup_ratio > 0.0f && opt.warmup_steps == 0) { opt.warmup_steps = (int)ceil(args->warmup_ratio * planned); }
     RunIdentity run = {model->step, opt.total_steps, B, accum, args->max_len, args->seed};
     if (args->resume_path != NULL) { load_training_state(model, args->resume_path, &run, model->step); }
-    printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d\n",
+    printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d, dropout %g\n",
            (long long)train_set->num_examples, (long long)steps_per_epoch, opt.total_steps, B, accum,
-           args->max_len, opt.learning_rate, opt.warmup_steps);
+           args->max_len, opt.learning_rate, opt.warmup_steps, args->dropout);
 
     int64_t *order = (int64_t *)malloc_or_die((size_t)train_set->num_examples * sizeof(int64_t), "epoch order");
     int order_epoch = -1;
@@ -2284,7 +2491,8 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             }
             const long padding = fill_batch(&batch, train_set, order + index * B, B, args->max_len,
                                             args->truncation, args->regression);
-            gpt2_forward(model, &batch, 1.0f / accum);
+            const Dropout dropout = dropout_for_pass(args->dropout, args->seed, (uint64_t)global);
+            gpt2_forward(model, &batch, 1.0f / accum, &dropout);
             if (!isfinite(model->loss)) {
                 fail("step %d: the loss is %f; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
                      step + 1, model->loss);

@@ -2,13 +2,15 @@
 bench_sft.c: speed and memory of train_gpt2_sft.c's training step and matmul.
 
   make bench_sft
-  ./build/bench_sft step   [--depth 12] [-B 8] [-T 256] [--steps 3] [--lengths random|full]
+  ./build/bench_sft step   [--depth 12] [-B 8] [-T 256] [--steps 3] [--lengths random|full] [--dropout 0]
                            [--data data/imdb/imdb_train.bin]   (real batches, T = max length)
   ./build/bench_sft matmul [-B 8] [-T 256] [--reps 5]
 
 `step` times forward + backward + AdamW on a random-initialised model of the
 GPT-2 shapes (d12 = 124M) and prints tokens/s (real tokens, padding excluded)
-and seconds per step, after one warm-up step. With --data, batch s (s = 0 is
+and seconds per step, after one warm-up step; --dropout P also runs the
+same steps with dropout and prints the time ratio (default off, as the
+PyTorch baseline of dev/bench_train.py). With --data, batch s (s = 0 is
 the warm-up) holds the B examples starting at (s+1)(N-B)/(steps+2) in the
 order of truncated length (ties by index): length-grouped batches of real
 reviews, padded to their longest; dev/bench_train.py picks the same ones. `matmul` times the three
@@ -42,7 +44,7 @@ static int by_truncated_length(const void *x, const void *y) {
     return i < j ? -1 : (i > j);
 }
 
-static int bench_step(int depth, int B, int T, int steps, int full_lengths, const char *data_path) {
+static double bench_step(int depth, int B, int T, int steps, int full_lengths, const char *data_path, float dropout) {
     GPT2 model;
     gpt2_build_from_scratch(&model, depth, 2, 1024, 1);
     Batch batch = batch_alloc(B, T);
@@ -77,7 +79,8 @@ static int bench_step(int depth, int B, int T, int steps, int full_lengths, cons
             positions += (long)batch.B * batch.T;
         }
         const double t0 = seconds_now();
-        gpt2_forward(&model, &batch, 1.0f);
+        const Dropout drop = dropout_for_pass(dropout, 1, (uint64_t)(step + 1));
+        gpt2_forward(&model, &batch, 1.0f, dropout > 0.0f ? &drop : NULL);
         const double t1 = seconds_now();
         gpt2_backward(&model);
         const double t2 = seconds_now();
@@ -86,14 +89,14 @@ static int bench_step(int depth, int B, int T, int steps, int full_lengths, cons
         if (step >= 0) { forward_s += t1 - t0; backward_s += t2 - t1; update_s += t3 - t2; }
     }
     const double per_step = (forward_s + backward_s + update_s) / steps;
-    printf("d%d B=%d T<=%d: %ld real tokens in %ld positions over %d steps: %.3f s/step (forward %.3f, backward %.3f, AdamW+zero %.3f)\n",
-           depth, B, T, real_tokens, positions, steps, per_step, forward_s / steps, backward_s / steps, update_s / steps);
+    printf("d%d B=%d T<=%d dropout %g: %ld real tokens in %ld positions over %d steps: %.3f s/step (forward %.3f, backward %.3f, AdamW+zero %.3f)\n",
+           depth, B, T, dropout, real_tokens, positions, steps, per_step, forward_s / steps, backward_s / steps, update_s / steps);
     printf("result: step tokens_per_s %.1f seconds_per_step %.4f peak_rss_mib %.0f threads %d\n",
            real_tokens / (per_step * steps), per_step, peak_rss_mib(), max_threads());
     gpt2_free(&model);
     batch_free(&batch);
     if (data_path != NULL) { free(order); dataset_close(&data); }
-    return 0;
+    return per_step;
 }
 
 // GFLOP/s of out (N,OC) = inp (N,C) W^T and its two backward products.
@@ -133,11 +136,12 @@ static void bench_linear(const char *name, int N, int C, int OC, int reps) {
 
 int main(int argc, char **argv) {
     if (argc < 2 || (strcmp(argv[1], "step") != 0 && strcmp(argv[1], "matmul") != 0)) {
-        fprintf(stderr, "usage: %s step|matmul [--depth N] [-B B] [-T T] [--steps N] [--reps N] [--lengths random|full]\n", argv[0]);
+        fprintf(stderr, "usage: %s step|matmul [--depth N] [-B B] [-T T] [--steps N] [--reps N] [--lengths random|full] [--dropout P]\n", argv[0]);
         return 2;
     }
     int depth = 12, B = 8, T = 256, steps = 3, reps = 5, full_lengths = 1;
     const char *data_path = NULL;
+    float dropout = 0.0f;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--depth") == 0) { depth = (int)parse_long(argv[i], argv[i + 1], 1, 48); }
         else if (strcmp(argv[i], "-B") == 0) { B = (int)parse_long(argv[i], argv[i + 1], 1, 1024); }
@@ -146,9 +150,17 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--reps") == 0) { reps = (int)parse_long(argv[i], argv[i + 1], 1, 1000); }
         else if (strcmp(argv[i], "--lengths") == 0) { full_lengths = strcmp(argv[i + 1], "random") != 0; }
         else if (strcmp(argv[i], "--data") == 0) { data_path = argv[i + 1]; }
+        else if (strcmp(argv[i], "--dropout") == 0) { dropout = parse_float(argv[i], argv[i + 1], 0.0, 0.99); }
         else { fail("unknown flag %s", argv[i]); }
     }
-    if (strcmp(argv[1], "step") == 0) { return bench_step(depth, B, T, steps, full_lengths, data_path); }
+    if (strcmp(argv[1], "step") == 0) {
+        if (dropout == 0.0f) { bench_step(depth, B, T, steps, full_lengths, data_path, 0.0f); return 0; }
+        // dropout's cost: the same steps without it first, as the baseline
+        const double without = bench_step(depth, B, T, steps, full_lengths, data_path, 0.0f);
+        const double with = bench_step(depth, B, T, steps, full_lengths, data_path, dropout);
+        printf("dropout %g: %.3f s/step vs %.3f without, ratio %.3f\n", dropout, with, without, with / without);
+        return 0;
+    }
     const int C = 64 * depth, N = B * T;
     bench_linear("qkv", N, C, 3 * C, reps);
     bench_linear("attproj", N, C, C, reps);

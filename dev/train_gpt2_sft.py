@@ -2,9 +2,12 @@
 """
 PyTorch reference for train_gpt2_sft.c: GPT-2 fine-tuned as a sequence classifier.
 
-The model is mathematically the Hugging Face GPT2ForSequenceClassification
-(no dropout): GPT-2 trunk, final LayerNorm, the hidden state of the last real
-token of every sequence, and a bias-free linear head `score` (num_labels, C).
+The model is mathematically the Hugging Face GPT2ForSequenceClassification:
+GPT-2 trunk, final LayerNorm, the hidden state of the last real token of every
+sequence, and a bias-free linear head `score` (num_labels, C). Dropout is off
+unless asked for; when on, it sits at HF's four places but draws its masks from
+the counter-based hash of FORMATS.md section 5, so that the C code can compute
+the very same masks.
 Training uses torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ and the linear
 warmup/decay schedule of HF's get_linear_schedule_with_warmup.
 
@@ -12,7 +15,8 @@ All binary formats are described in dev/FORMATS.md:
   section 1  llm.c GPT-2 checkpoint (magic 20240326, version 3)
   section 2  fine-tuned (SFT) checkpoint (magic 20261128, version 1)
   section 3  tokenized dataset (magic 20261127, version 1), read only
-  section 4  debug state for test_sft.c (magic 20261129, version 1)
+  section 4  debug state for test_sft.c (magic 20261129, version 2)
+  section 5  dropout masks
 
 Subcommands (run with -h for the options of each):
   random        write a randomly initialised llm.c checkpoint
@@ -30,6 +34,7 @@ Only torch and numpy are used (safetensors files are parsed by hand).
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -49,7 +54,7 @@ import torch.nn.functional as F
 LLMC_MAGIC, LLMC_VERSION = 20240326, 3      # section 1
 SFT_MAGIC, SFT_VERSION = 20261128, 1        # section 2
 DATA_MAGIC, DATA_VERSION = 20261127, 1      # section 3
-DEBUG_MAGIC, DEBUG_VERSION = 20261129, 1    # section 4
+DEBUG_MAGIC, DEBUG_VERSION = 20261129, 2    # section 4
 HEADER_INTS = 256                           # every header is 256 int32 = 1024 bytes
 HEADER_BYTES = 4 * HEADER_INTS
 
@@ -301,6 +306,123 @@ def random_head(num_labels, channels, seed):
 
 
 # ----------------------------------------------------------------------------
+# dropout masks (FORMATS.md section 5)
+#
+# Masks come from a counter-based hash of (seed, pass, site, index) rather than
+# from torch's generator, so train_gpt2_sft.c computes bit-identical masks on
+# its own, element by element, on any number of threads. All arithmetic is
+# uint64 with wrap-around: numpy uint64 arrays wrap silently, numpy uint64
+# scalars warn on overflow (silenced below), and every constant is an
+# np.uint64 because numpy 1.x turns uint64 (op) Python int into float64.
+
+U64_MASK = (1 << 64) - 1
+DROPOUT_G = 0x9E3779B97F4A7C15              # golden-ratio increment of SplitMix64
+_MIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_M2 = np.uint64(0x94D049BB133111EB)
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40))
+
+
+def mix64(z):
+    """SplitMix64's finaliser on uint64 values (array or scalar), wrapping.
+
+    z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB;
+    z ^= z >> 31. Returns uint64 values of z's shape (a numpy scalar for a scalar z).
+    """
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z ^ (z >> _SHIFTS[0])
+        z = z * _MIX_M1
+        z = z ^ (z >> _SHIFTS[1])
+        z = z * _MIX_M2
+        z = z ^ (z >> _SHIFTS[2])
+    return z
+
+
+def pass_key(seed, pass_index):
+    """mix64(seed * G + pass) as a Python int; seed in [0, 2^64), pass >= 0."""
+    return int(mix64((seed * DROPOUT_G + pass_index) & U64_MASK))
+
+
+def site_key(pkey, site):
+    """mix64(pass_key + (site + 1) * G) as a Python int. site 0 = embeddings,
+    1 + 3l + j in layer l (j: 0 attention probabilities, 1 attention projection,
+    2 MLP projection)."""
+    return int(mix64((pkey + (site + 1) * DROPOUT_G) & U64_MASK))
+
+
+def dropout_threshold(p):
+    """round(P * 2^24) exactly as the C code computes it: (uint32_t)(p * 16777216.0 + 0.5)
+    with p the float32 value promoted to double. Python floats are the same IEEE
+    doubles, and p32 * 2^24 is exact (a power-of-two scaling), so even a fused
+    multiply-add on the C side gives this value; the conversion truncates, which
+    for a non-negative value is floor."""
+    return int(math.floor(f32(p) * 16777216.0 + 0.5))
+
+
+def dropout_scale(p):
+    """1.0f / (1.0f - p) evaluated in float32, returned as a Python float."""
+    one = np.float32(1.0)
+    return float(one / (one - np.float32(f32(p))))
+
+
+def keep_mask(skey, index, threshold):
+    """Boolean keep-mask for an integer array of canonical element indices:
+    (mix64(site_key + index * G) >> 40) >= threshold."""
+    idx = np.asarray(index).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = mix64(np.uint64(skey) + idx * np.uint64(DROPOUT_G))
+    return (h >> _SHIFTS[3]) >= np.uint64(threshold)
+
+
+def activation_index(B, T, C, maxT):
+    """Canonical indices (b * maxT + t) * C + i of a (B, T, C) activation, int64 (B, T, C)."""
+    b = np.arange(B, dtype=np.int64)[:, None, None]
+    t = np.arange(T, dtype=np.int64)[None, :, None]
+    i = np.arange(C, dtype=np.int64)[None, None, :]
+    return (b * maxT + t) * C + i
+
+
+def probability_index(B, NH, T, maxT):
+    """Canonical indices ((b * NH + h) * maxT + t) * maxT + u of the (B, NH, T, T)
+    attention probabilities, int64 (B, NH, T, T)."""
+    b = np.arange(B, dtype=np.int64)[:, None, None, None]
+    h = np.arange(NH, dtype=np.int64)[None, :, None, None]
+    t = np.arange(T, dtype=np.int64)[None, None, :, None]
+    u = np.arange(T, dtype=np.int64)[None, None, None, :]
+    return ((b * NH + h) * maxT + t) * maxT + u
+
+
+class DropoutMasks:
+    """The dropout masks of one training forward pass.
+
+    p is rounded to float32 first (the C side holds it as a float); seed is a
+    uint64; pass_index numbers the training forward passes (FORMATS.md section 5).
+    """
+
+    def __init__(self, p, seed, pass_index):
+        self.p = f32(p)
+        if not 0.0 <= self.p < 1.0:
+            raise SFTError(f"dropout {p} outside [0, 1) (as float32: {self.p})")
+        if not 0 <= int(seed) <= U64_MASK:
+            raise SFTError(f"dropout seed {seed} outside [0, 2^64)")
+        if int(pass_index) < 0:
+            raise SFTError(f"dropout pass {pass_index} is negative")
+        self.seed, self.pass_index = int(seed), int(pass_index)
+        self.threshold = dropout_threshold(self.p)
+        self.scale = dropout_scale(self.p)
+        self.pass_key = pass_key(self.seed, self.pass_index)
+
+    def keep(self, site, index):
+        """Boolean keep-mask of the elements with canonical indices `index` at `site`."""
+        return keep_mask(site_key(self.pass_key, site), index, self.threshold)
+
+    def multiplier(self, site, index, dtype):
+        """keep * scale as a tensor of `dtype` (0 where dropped), shaped like `index`."""
+        keep = self.keep(site, index)
+        return torch.from_numpy(keep.astype(np.float64) * self.scale).to(dtype)
+
+
+# ----------------------------------------------------------------------------
 # the model
 
 class GPT2ForSequenceClassification(nn.Module):
@@ -338,8 +460,13 @@ class GPT2ForSequenceClassification(nn.Module):
         """GELU, tanh approximation (HF "gelu_new")."""
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
-    def attention(self, x, w):
-        """Causal multi-head self-attention. x: (B, T, C) -> (B, T, C); w: this layer's tensors."""
+    def attention(self, x, w, drop=None, layer=0):
+        """Causal multi-head self-attention. x: (B, T, C) -> (B, T, C); w: this layer's tensors.
+
+        drop: DropoutMasks or None; with masks, the probabilities (site 1 + 3 layer)
+        and the projection output (site 2 + 3 layer) are dropped, as in HF's
+        attn_dropout and resid_dropout.
+        """
         B, T, C = x.shape
         H = self.cfg.num_heads
         hd = C // H
@@ -351,14 +478,40 @@ class GPT2ForSequenceClassification(nn.Module):
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)         # (B, H, T, T)
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))         # key j > query i masked
-        y = torch.softmax(scores, dim=-1) @ v                      # (B, H, T, hd)
+        att = torch.softmax(scores, dim=-1)                        # (B, H, T, T)
+        if drop is not None:
+            att = self.apply_dropout(att, drop, 1 + 3 * layer)
+        y = att @ v                                                # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)                     # heads back side by side
-        return y @ w["attprojw"].t() + w["attprojb"]
+        y = y @ w["attprojw"].t() + w["attprojb"]
+        if drop is not None:
+            y = self.apply_dropout(y, drop, 2 + 3 * layer)
+        return y
 
-    def mlp(self, x, w):
-        """x: (B, T, C) -> fc (B, T, 4C) -> GELU -> proj (B, T, C)."""
+    def mlp(self, x, w, drop=None, layer=0):
+        """x: (B, T, C) -> fc (B, T, 4C) -> GELU -> proj (B, T, C).
+
+        drop: DropoutMasks or None; with masks the output is dropped (site 3 + 3 layer).
+        """
         h = self.gelu(x @ w["fcw"].t() + w["fcb"])
-        return h @ w["fcprojw"].t() + w["fcprojb"]
+        y = h @ w["fcprojw"].t() + w["fcprojb"]
+        if drop is not None:
+            y = self.apply_dropout(y, drop, 3 + 3 * layer)
+        return y
+
+    def apply_dropout(self, x, drop, site):
+        """x * (keep * scale) for a (B, T, C) activation or (B, NH, T, T) probabilities.
+
+        The masks are indexed as if T were max_seq_len (FORMATS.md section 5), so
+        they depend neither on the padded length nor on the other sequences.
+        """
+        maxT = self.cfg.max_seq_len
+        if x.dim() == 3:
+            index = activation_index(*x.shape, maxT)
+        else:
+            B, NH, T, _ = x.shape
+            index = probability_index(B, NH, T, maxT)
+        return x * drop.multiplier(site, index, x.dtype).to(x.device)
 
     def layer_views(self):
         """Per-layer views [{name: tensor}] of the (L, ...) stacked tensors.
@@ -371,8 +524,12 @@ class GPT2ForSequenceClassification(nn.Module):
         per_name = {n: getattr(self, n).unbind(0) for n in names}
         return [{n: per_name[n][l] for n in names} for l in range(self.cfg.num_layers)]
 
-    def forward(self, tokens, lengths):
+    def forward(self, tokens, lengths, dropout=None):
         """tokens: (B, T) int64, right padded; lengths: (B,) int64 in 1..T.
+
+        dropout: None (no dropout) or (p, seed, pass_index): inverted dropout with
+        the masks of training forward pass `pass_index` (FORMATS.md section 5);
+        p is rounded to float32 and p == 0 is the same as None.
 
         Returns logits (B, K). Positions >= lengths[b] are padding; they cannot
         influence position lengths[b]-1 because attention is causal.
@@ -380,10 +537,17 @@ class GPT2ForSequenceClassification(nn.Module):
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise SFTError(f"sequence length {T} exceeds the model's max_seq_len {self.cfg.max_seq_len}")
+        drop = None
+        if dropout is not None:
+            drop = DropoutMasks(*dropout)
+            if drop.p == 0.0:
+                drop = None                                        # exactly the no-dropout ops
         x = self.wte[tokens] + self.wpe[:T]                        # (B, T, C)
-        for w in self.layer_views():
-            x = x + self.attention(self.layernorm(x, w["ln1w"], w["ln1b"]), w)
-            x = x + self.mlp(self.layernorm(x, w["ln2w"], w["ln2b"]), w)
+        if drop is not None:
+            x = self.apply_dropout(x, drop, 0)
+        for layer, w in enumerate(self.layer_views()):
+            x = x + self.attention(self.layernorm(x, w["ln1w"], w["ln1b"]), w, drop, layer)
+            x = x + self.mlp(self.layernorm(x, w["ln2w"], w["ln2b"]), w, drop, layer)
         x = self.layernorm(x, self.lnfw, self.lnfb)                # (B, T, C)
         pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C) last real token
         return pooled @ self.score.t()                             # (B, K)
@@ -744,12 +908,16 @@ def make_batch(B, T, K, vocab_size, seed, data_path=None):
 
 def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3, total_steps=None,
                 lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8, max_grad_norm=None,
-                seed=42, head_seed=None, data_path=None, dtype="float64", quiet=False):
+                seed=42, head_seed=None, data_path=None, dtype="float64", quiet=False,
+                dropout=0.0, dropout_seed=0):
     """Compute the reference trace and write it in the debug-state format.
 
     All hyperparameters are rounded to float32 first (they are stored as float32
     in the header), so the reference uses exactly the values the C test reads.
-    Returns a dict summary.
+    With dropout > 0 the initial forward/backward (logits, loss, grads in the
+    file) is training pass 0 and update k is pass k (update 0 reuses pass 0);
+    dropout_seed is a uint64. With dropout == 0 header slots [22..24] are all
+    zero, whatever dropout_seed is. Returns a dict summary.
     """
     cfg, params, ckpt_score = read_checkpoint(model_path)
     if ckpt_score is not None:
@@ -772,20 +940,26 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
         raise SFTError("need steps >= 0, warmup >= 0, total_steps >= 1")
     torch_dtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     lr, weight_decay, beta1, beta2, eps = map(f32, (lr, weight_decay, beta1, beta2, eps))
+    dropout = f32(dropout)
+    dropout_seed = int(dropout_seed)
+    if dropout != 0.0:
+        DropoutMasks(dropout, dropout_seed, 0)       # validates p and the seed before the work
+    else:
+        dropout, dropout_seed = 0.0, 0               # also turns -0.0 into +0.0 (zero bits)
 
     tokens, lengths, targets, source = make_batch(B, T, num_labels, cfg.vocab_size, seed, data_path)
     model = GPT2ForSequenceClassification(cfg, num_labels, torch_dtype).load(params, score)
     params_list = list(model.parameters())
 
-    def forward_backward():
+    def forward_backward(pass_index):
         model.zero_grad(set_to_none=False)
-        logits = model(tokens, lengths)
+        logits = model(tokens, lengths, (dropout, dropout_seed, pass_index) if dropout > 0 else None)
         loss = sft_loss(logits, targets)
         loss.backward()
         return logits.detach(), loss.detach()
 
     # initial forward/backward: logits, loss and gradients written to the file
-    logits, loss = forward_backward()
+    logits, loss = forward_backward(0)
     grads0 = [p.grad.detach().to(torch.float32).clone() for p in params_list]
     norm0 = float(torch.norm(torch.stack([torch.norm(p.grad) for p in params_list])))
     max_grad_norm = f32(0.5 * norm0 if max_grad_norm is None else max_grad_norm)
@@ -793,7 +967,7 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
     opt, sched = make_optimizer(model, lr, (beta1, beta2), eps, weight_decay, warmup, total_steps)
     step_losses, step_lrs, step_norms = [], [], []
     for k in range(steps):
-        step_loss = loss if k == 0 else forward_backward()[1]   # update 0 reuses the initial pass
+        step_loss = loss if k == 0 else forward_backward(k)[1]  # update 0 reuses the initial pass 0
         step_losses.append(float(step_loss))
         step_norms.append(float(torch.nn.utils.clip_grad_norm_(params_list, max_grad_norm)))
         step_lrs.append(opt.param_groups[0]["lr"])
@@ -804,6 +978,8 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
                          [B, T, num_labels, steps, warmup, total_steps])
     floats = struct.unpack("<6i", struct.pack("<6f", lr, weight_decay, beta1, beta2, eps, max_grad_norm))
     header[16:22] = floats
+    header[22] = struct.unpack("<i", struct.pack("<f", dropout))[0]
+    header[23:25] = np.array([dropout_seed & 0xFFFFFFFF, dropout_seed >> 32], dtype="<u4").view("<i4")
 
     def write(f):
         f.write(header.tobytes())
@@ -824,11 +1000,15 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
     atomic_write(out_path, write)
     summary = {"lengths": lengths.tolist(), "loss": float(loss), "grad_norm": norm0,
                "max_grad_norm": max_grad_norm, "step_losses": step_losses, "step_lrs": step_lrs,
-               "step_grad_norms": step_norms, "source": source, "num_labels": num_labels}
+               "step_grad_norms": step_norms, "source": source, "num_labels": num_labels,
+               "dropout": dropout, "dropout_seed": dropout_seed}
     if not quiet:
         print(f"debug state -> {out_path}  ({cfg}, B={B}, T={T}, K={num_labels}, {dtype}, tokens: {source})")
         print(f"  lengths      {summary['lengths']}")
         print(f"  targets      {targets.tolist()}")
+        if dropout > 0:
+            print(f"  dropout      p {dropout!r} (threshold {dropout_threshold(dropout)}, "
+                  f"scale {dropout_scale(dropout)!r}), seed {dropout_seed}")
         print(f"  loss         {summary['loss']:.6f}")
         print(f"  grad norm    {norm0:.6f}   (max_grad_norm {max_grad_norm:.6f})")
         print(f"  step losses  {' '.join(f'{x:.6f}' for x in step_losses)}")
@@ -838,19 +1018,27 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
 
 
 def read_debug_state(path, cfg):
-    """Parse a debug-state file (used by selftest to check the writer). Returns a dict."""
+    """Parse a debug-state file (used by selftest to check the writer). Returns a dict.
+
+    Accepts versions 1 and 2 (version 1 has no dropout; its slots [22..24] are
+    zero, so they read as dropout 0). "dropout" is P as a Python float and
+    "dropout_seed" the uint64 seed.
+    """
     raw = open(path, "rb").read()
     h = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
-    if h[0] != DEBUG_MAGIC or h[1] != DEBUG_VERSION:
+    if h[0] != DEBUG_MAGIC or h[1] not in (1, DEBUG_VERSION):
         raise SFTError(f"{path}: bad debug-state magic/version")
     B, T, K, steps = (int(x) for x in h[2:6])
     hp = np.frombuffer(raw[64:88], dtype="<f4")
+    seed_halves = h[23:25].view("<u4")
     nparams = sum(num_elements(s) for _, s in param_shapes(cfg, K))
     layout = [("tokens", "<i4", B * T), ("lengths", "<i4", B),
               ("targets", "<i4" if K >= 2 else "<f4", B), ("score", "<f4", K * cfg.channels),
               ("logits", "<f4", B * K), ("loss", "<f4", 1), ("grads", "<f4", nparams),
               ("step_losses", "<f4", steps), ("step_lrs", "<f4", steps), ("step_grad_norms", "<f4", steps)]
-    out, pos = {"header": h, "hyper": hp}, HEADER_BYTES
+    out = {"header": h, "hyper": hp, "dropout": float(h[22:23].view("<f4")[0]),
+           "dropout_seed": int(seed_halves[0]) | (int(seed_halves[1]) << 32)}
+    pos = HEADER_BYTES
     for name, dt, n in layout:
         out[name] = np.frombuffer(raw, dtype=dt, count=n, offset=pos)
         pos += 4 * n
@@ -875,10 +1063,19 @@ def test_inputs(out_dir, data_path=None):
         (os.path.join(out_dir, "gpt2_tiny_reg_debug_state.bin"),
          lambda p: debug_state(tiny, p, B=3, T=16, num_labels=1, steps=10, warmup=3, lr=1e-3,
                                weight_decay=0.1, seed=43, data_path=data_path)),
+        # dropout: a seed above 2^32 so that both halves of header slots [23..24] matter
+        (os.path.join(out_dir, "gpt2_tiny_dropout_debug_state.bin"),
+         lambda p: debug_state(tiny, p, B=4, T=100, num_labels=3, steps=10, warmup=3, lr=1e-3,
+                               weight_decay=0.1, seed=45, data_path=data_path,
+                               dropout=0.2, dropout_seed=1234567890123)),
         (big, lambda p: write_checkpoint(p, config_by_name("d12"), random_params(config_by_name("d12"), 1337))),
         (os.path.join(out_dir, "gpt2_124M_debug_state.bin"),
          lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=10, warmup=3, lr=1e-5,
                                weight_decay=0.1, seed=44, data_path=data_path)),
+        (os.path.join(out_dir, "gpt2_124M_dropout_debug_state.bin"),
+         lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=3, warmup=1, lr=1e-5,
+                               weight_decay=0.1, seed=46, data_path=data_path,
+                               dropout=0.1, dropout_seed=20261129)),
     ]
     for path, make in jobs:
         if os.path.exists(path):
@@ -892,16 +1089,56 @@ def test_inputs(out_dir, data_path=None):
 # ----------------------------------------------------------------------------
 # selftest
 
-def reference_logits(cfg, p, tokens, lengths):
+def mix64_int(z):
+    """mix64 on plain Python ints, masked to 64 bits after every step: an
+    implementation that cannot be affected by numpy's overflow rules."""
+    z &= U64_MASK
+    z ^= z >> 30
+    z = (z * 0xBF58476D1CE4E5B9) & U64_MASK
+    z ^= z >> 27
+    z = (z * 0x94D049BB133111EB) & U64_MASK
+    z ^= z >> 31
+    return z
+
+
+def reference_dropout_multiplier(dropout, site, shape, index_of):
+    """keep * scale as a float64 tensor of `shape`, one element at a time with
+    Python ints straight from FORMATS.md section 5; index_of(*position) gives
+    the element's canonical index. dropout = (p, seed, pass_index)."""
+    p, seed, pass_index = dropout
+    p32 = f32(p)
+    threshold = int(p32 * (1 << 24) + 0.5)
+    scale = f32(1.0 / f32(1.0 - p32))          # float32 division via double: no double rounding issue
+    pkey = mix64_int(seed * DROPOUT_G + pass_index)
+    skey = mix64_int(pkey + (site + 1) * DROPOUT_G)
+    rows = [scale if mix64_int(skey + index_of(*pos) * DROPOUT_G) >> 40 >= threshold else 0.0
+            for pos in itertools.product(*(range(s) for s in shape))]
+    return torch.tensor(rows, dtype=torch.float64).view(shape)
+
+
+def reference_logits(cfg, p, tokens, lengths, dropout=None):
     """Independent forward: one unpadded sequence at a time, per-head loops and
     torch's own layers (F.layer_norm, F.linear, F.gelu(approximate='tanh')).
-    p: dict of the 17 parameter tensors. Returns logits (B, K)."""
-    C, H = cfg.channels, cfg.num_heads
+    p: dict of the 17 parameter tensors; dropout: None or (p, seed, pass_index),
+    masks from reference_dropout_multiplier (slow: tiny models only).
+    Returns logits (B, K)."""
+    C, H, maxT = cfg.channels, cfg.num_heads, cfg.max_seq_len
     hd = C // H
     out = []
+
+    def drop(x, site, index_of):
+        if dropout is None:
+            return x
+        return x * reference_dropout_multiplier(dropout, site, tuple(x.shape), index_of).to(x.dtype)
+
     for b in range(tokens.shape[0]):
         n = int(lengths[b])
+
+        def act_index(t, i, b=b):
+            return (b * maxT + t) * C + i
+
         x = F.embedding(tokens[b, :n], p["wte"]) + p["wpe"][:n]         # (n, C)
+        x = drop(x, 0, act_index)
         for l in range(cfg.num_layers):
             h = F.layer_norm(x, (C,), p["ln1w"][l], p["ln1b"][l], LN_EPS)
             qkv = F.linear(h, p["qkvw"][l], p["qkvb"][l])                # (n, 3C)
@@ -913,11 +1150,14 @@ def reference_logits(cfg, p, tokens, lengths):
                 a = (q @ k.t()) * (hd ** -0.5)
                 a = torch.where(torch.tril(torch.ones(n, n, dtype=torch.bool)), a,
                                 torch.full_like(a, -1e300 if a.dtype == torch.float64 else -1e30))
-                heads.append(F.softmax(a, dim=1) @ v)
-            x = x + F.linear(torch.cat(heads, dim=1), p["attprojw"][l], p["attprojb"][l])
+                a = drop(F.softmax(a, dim=1), 1 + 3 * l,
+                         lambda t, u, b=b, j=j: ((b * H + j) * maxT + t) * maxT + u)
+                heads.append(a @ v)
+            x = x + drop(F.linear(torch.cat(heads, dim=1), p["attprojw"][l], p["attprojb"][l]),
+                         2 + 3 * l, act_index)
             h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], LN_EPS)
-            x = x + F.linear(F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh"),
-                             p["fcprojw"][l], p["fcprojb"][l])
+            x = x + drop(F.linear(F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh"),
+                                  p["fcprojw"][l], p["fcprojb"][l]), 3 + 3 * l, act_index)
         last = F.layer_norm(x[n - 1], (C,), p["lnfw"], p["lnfb"], LN_EPS)
         out.append(F.linear(last, p["score"]))
     return torch.stack(out)
@@ -1049,7 +1289,92 @@ def selftest():
                 torch.equal(a, pp.grad) for a, pp in zip(grads, model.parameters()))
             check(f"padding invariance (K={K}), logits and grads bit-identical", same)
 
-        # 7. debug state: format, step_losses[0] == loss, schedule, AdamW cross-check
+        # 7. dropout masks (FORMATS.md section 5)
+        # known answers: SplitMix64's published first outputs for seed 0 are mix64(k * G),
+        # and numpy's wrapping uint64 arithmetic against plain Python ints
+        G = DROPOUT_G
+        splitmix = [int(z) for z in mix64(np.array([(k * G) & U64_MASK for k in (1, 2, 3)], dtype=np.uint64))]
+        check("mix64 == SplitMix64 reference outputs",
+              splitmix == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F],
+              " ".join(f"{z:016x}" for z in splitmix))
+        inputs = [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 63, U64_MASK, G, 0x0123456789ABCDEF]
+        ok_arr = [int(z) for z in mix64(np.array(inputs, dtype=np.uint64))] == [mix64_int(z) for z in inputs]
+        ok_scalar = all(int(mix64(np.uint64(z))) == mix64_int(z) for z in inputs)
+        seeds = [0, 1, 2 ** 32 + 5, 1234567890123, U64_MASK]
+        ok_keys = all(site_key(pass_key(sd, ps), st)
+                      == mix64_int(mix64_int(sd * G + ps) + (st + 1) * G)
+                      for sd in seeds for ps in (0, 1, 99) for st in (0, 1, 36))
+        check("mix64 / pass_key / site_key (numpy) == plain Python ints", ok_arr and ok_scalar and ok_keys)
+        # threshold = (uint32_t)(p * 16777216.0 + 0.5), scale = 1.0f / (1.0f - p): values from C
+        known = {0.1: (1677722, 0x3F8E38E4), 0.2: (3355443, 0x3FA00000), 0.3: (5033165, 0x3FB6DB6E),
+                 0.5: (8388608, 0x40000000)}
+        got = {p: (dropout_threshold(p), struct.unpack("<I", struct.pack("<f", dropout_scale(p)))[0])
+               for p in known}
+        check("dropout threshold and float32 scale == C values", got == known)
+        rng = np.random.default_rng(11)
+        idx = np.concatenate([np.arange(1000), rng.integers(0, 2 ** 40, 1000), [2 ** 63 - 1]])
+        dm = DropoutMasks(0.3, 1234567890123, 7)
+        ref_keep = [(mix64_int(site_key(dm.pass_key, 5) + int(i) * G) >> 40) >= dm.threshold for i in idx]
+        check("keep mask (numpy) == plain Python ints, large indices", dm.keep(5, idx).tolist() == ref_keep)
+
+        n = 1_000_000
+        for p in (0.1, 0.5):
+            frac = 1.0 - float(DropoutMasks(p, 42, 0).keep(0, np.arange(n)).mean())
+            sd = math.sqrt(p * (1 - p) / n)
+            check(f"drop fraction p={p} within 5 sd", abs(frac - p) < 5 * sd,
+                  f"{frac:.5f} (sd {sd:.1e})")
+            q = p * p + (1 - p) * (1 - p)                   # agreement of two independent masks
+            sdq = math.sqrt(q * (1 - q) / n)
+            pairs = {"sites 0/1": (DropoutMasks(p, 42, 0), 0, DropoutMasks(p, 42, 0), 1),
+                     "sites 1/4": (DropoutMasks(p, 42, 0), 1, DropoutMasks(p, 42, 0), 4),
+                     "passes 0/1": (DropoutMasks(p, 42, 0), 3, DropoutMasks(p, 42, 1), 3),
+                     "seeds 42/43": (DropoutMasks(p, 42, 0), 3, DropoutMasks(p, 43, 0), 3)}
+            for what, (m1, s1, m2, s2) in pairs.items():
+                agree = float((m1.keep(s1, np.arange(n)) == m2.keep(s2, np.arange(n))).mean())
+                check(f"masks independent, p={p}, {what}", abs(agree - q) < 5 * sdq,
+                      f"agree {agree:.5f}, expected {q:.5f} (sd {sdq:.1e})")
+
+        # p = 0 is no dropout, with exactly the same operations
+        head = random_head(3, cfg.channels, 7)
+        B, T = 4, 12
+        tokens, lengths, targets, _ = make_batch(B, T, 3, cfg.vocab_size, seed=5)
+        model = GPT2ForSequenceClassification(cfg, 3, torch.float64).load(params, head)
+        with torch.no_grad():
+            plain = model(tokens, lengths)
+            same = torch.equal(plain, model(tokens, lengths, None)) and \
+                torch.equal(plain, model(tokens, lengths, (0.0, 123, 4)))
+        check("forward with dropout p=0 / None == forward without dropout (bit exact)", same)
+
+        # dropout forward/backward against the per-sequence, per-head reference
+        # whose masks are built element by element with Python ints
+        drop = (0.3, 2 ** 40 + 12345, 5)
+        model.zero_grad()
+        logits = model(tokens, lengths, drop)
+        loss = sft_loss(logits, targets)
+        loss.backward()
+        p = {n_: t.detach().double().clone().requires_grad_(True)
+             for n_, t in list(params.items()) + [("score", head)]}
+        ref_logits = reference_logits(cfg, p, tokens, lengths, drop)
+        ref_loss = F.nll_loss(F.log_softmax(ref_logits, dim=1), targets)
+        ref_loss.backward()
+        dl = float((logits - ref_logits).abs().max())
+        dg = max(float((pp.grad - p[n_].grad).abs().max() / (p[n_].grad.abs().max() + 1e-30))
+                 for n_, pp in model.named_parameters())
+        moved = float((logits - plain).abs().max())
+        check("dropout model == independent reference, logits/loss", dl < 1e-12 and moved > 1e-3
+              and abs(float(loss) - float(ref_loss)) < 1e-12, f"max |dlogit| {dl:.2e}, "
+              f"vs no dropout {moved:.2e}")
+        check("dropout model == independent reference, gradients", dg < 1e-10,
+              f"max relative grad diff {dg:.2e}")
+        # masks are indexed as if T were max_seq_len: more padding changes nothing
+        # (not bit exact: the matmul shapes differ)
+        tokens_long = torch.cat([tokens, torch.zeros(B, 5, dtype=tokens.dtype)], dim=1)
+        with torch.no_grad():
+            longer = model(tokens_long, lengths, drop)
+        dpad = float((longer - logits).abs().max())
+        check("dropout masks independent of the padded length T", dpad < 1e-12, f"max |dlogit| {dpad:.2e}")
+
+        # 8. debug state: format, step_losses[0] == loss, schedule, AdamW cross-check
         ds = os.path.join(d, "ds.bin")
         s = debug_state(orig, ds, B=3, T=8, num_labels=2, steps=5, warmup=2, lr=1e-3,
                         weight_decay=0.1, seed=3, quiet=True)
@@ -1063,6 +1388,36 @@ def selftest():
               " ".join(f"{x:.3g}" for x in r["step_lrs"]))
         check("debug state max_grad_norm = 0.5 * initial norm",
               abs(r["hyper"][5] - 0.5 * s["grad_norm"]) <= 1e-6 * s["grad_norm"])
+        check("debug state version 2, no dropout: slots [22..24] zero",
+              int(r["header"][1]) == 2 and not r["header"][22:25].any() and r["dropout"] == 0.0)
+        ds0 = os.path.join(d, "ds0.bin")
+        debug_state(orig, ds0, B=3, T=8, num_labels=2, steps=5, warmup=2, lr=1e-3,
+                    weight_decay=0.1, seed=3, quiet=True, dropout=0.0, dropout_seed=999)
+        check("debug state with dropout 0 (any seed) == without dropout, bytes identical",
+              open(ds0, "rb").read() == open(ds, "rb").read())
+
+        # with dropout: header fields, pass 0 for the written loss, a seed above 2^32
+        dseed = 2 ** 33 + 0x80000001                      # both halves matter, low half >= 2^31
+        dsd = os.path.join(d, "dsd.bin")
+        s = debug_state(orig, dsd, B=3, T=8, num_labels=2, steps=4, warmup=1, lr=1e-3,
+                        weight_decay=0.1, seed=3, quiet=True, dropout=0.15, dropout_seed=dseed)
+        r = read_debug_state(dsd, cfg)
+        check("debug state dropout fields round trip",
+              r["dropout"] == f32(0.15) and r["dropout_seed"] == dseed
+              and int(r["header"][23]) == -0x7FFFFFFF and int(r["header"][24]) == 2,
+              f"p {r['dropout']!r}, seed {r['dropout_seed']}")
+        check("debug state with dropout: step_losses[0] == loss", r["step_losses"][0] == r["loss"][0])
+        model = GPT2ForSequenceClassification(cfg, 2, torch.float64).load(params, torch.from_numpy(
+            r["score"].reshape(2, cfg.channels).copy()))
+        tok = torch.from_numpy(r["tokens"].reshape(3, 8).astype(np.int64))
+        lens = torch.from_numpy(r["lengths"].astype(np.int64))
+        with torch.no_grad():
+            pass0 = model(tok, lens, (0.15, dseed, 0)).float().numpy().ravel()
+            pass1 = model(tok, lens, (0.15, dseed, 1)).float().numpy().ravel()
+        check("debug state with dropout: logits are those of pass 0",
+              np.array_equal(pass0, r["logits"]) and not np.array_equal(pass1, r["logits"]))
+        check("debug state with dropout: losses differ from the run without",
+              r["loss"][0] != read_debug_state(ds, cfg)["loss"][0])
 
         # AdamW + clipping + schedule against plain formulas, K=2, 3 updates
         model = GPT2ForSequenceClassification(cfg, 2, torch.float64).load(params, score[:2])
@@ -1136,6 +1491,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="float64 (default) is the exact reference; float32 is a diagnostic only "
                         "(torch's float32 gradient norm loses ~1e-3 relative on the 124M wte)")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout probability P in [0, 1) (FORMATS.md section 5; default 0: none)")
+    p.add_argument("--dropout-seed", type=int, default=0, help="uint64 seed of the dropout masks")
 
     p = sub.add_parser("test-inputs", help="generate all files the C test needs")
     p.add_argument("--out-dir", required=True)
@@ -1161,7 +1519,8 @@ def main(argv=None):
         elif args.cmd == "debug-state":
             debug_state(args.model, args.out, args.batch, args.seq_len, args.num_labels, args.steps,
                         args.warmup, args.total_steps, args.lr, args.weight_decay, args.beta1, args.beta2,
-                        args.eps, args.max_grad_norm, args.seed, args.head_seed, args.data, args.dtype)
+                        args.eps, args.max_grad_norm, args.seed, args.head_seed, args.data, args.dtype,
+                        dropout=args.dropout, dropout_seed=args.dropout_seed)
         elif args.cmd == "test-inputs":
             test_inputs(args.out_dir, args.data)
         elif args.cmd == "selftest":

@@ -4,8 +4,11 @@
 
 - resume is exact: N steps, --stop-at-step, --resume, N more steps gives the
   same checkpoint and optimizer state, byte for byte, as 2N steps in one run
-  (with gradient accumulation, warmup, weight decay and truncation active);
+  (with gradient accumulation, warmup, weight decay, truncation and dropout
+  active);
 - the number of threads does not change the result (byte-identical files);
+- dropout changes training, but never evaluation: the final evaluation of a
+  run with dropout equals --predict on the saved model;
 - --predict writes one row per example whose probabilities sum to 1, and a
   reloaded fine-tuned checkpoint predicts the same as the run that saved it;
 - training on a learnable toy task lowers the loss and ends with the
@@ -15,6 +18,7 @@ Ends with "N passed, N failed"; exit status 1 on any failure.
 import argparse
 import csv
 import filecmp
+import math
 import os
 import random
 import re
@@ -79,10 +83,14 @@ def main():
     p = lambda name: os.path.join(d, name)  # noqa: E731
     common = ["-m", model, "--train", train, "--test", test, "--max-len", "24", "--truncation", "head+tail",
               "--batch-size", "4", "--grad-accum", "2", "--max-steps", "12", "--warmup-steps", "3",
-              "--weight-decay", "0.1", "--lr", "1e-3", "--eval-examples", "8", "--log-every", "4"]
+              "--weight-decay", "0.1", "--lr", "1e-3", "--eval-examples", "8", "--log-every", "4",
+              "--dropout", "0.2"]
 
-    rc, out, err = run(binary, common + ["--save", p("full.bin")])
+    rc, full_out, err = run(binary, common + ["--save", p("full.bin")])
     check("12 steps in one run", rc == 0 and os.path.exists(p("full.bin")), err)
+    rc, _, err = run(binary, common + ["--dropout", "0", "--save", p("no_dropout.bin")])
+    check("--dropout 0 trains to a different model than --dropout 0.2", rc == 0 and
+          not filecmp.cmp(p("full.bin"), p("no_dropout.bin"), shallow=False), err)
     rc1, _, err1 = run(binary, common + ["--save", p("half.bin"), "--stop-at-step", "6"])
     rc2, out2, err2 = run(binary, common + ["--resume", p("half.bin"), "--save", p("half.bin")])
     check("6 steps, --stop-at-step, --resume, 6 more", rc1 == 0 and rc2 == 0 and "resuming" in out2, err1 + err2)
@@ -104,6 +112,15 @@ def main():
                                 "--max-len", "24", "--truncation", "head+tail", "--batch-size", "3"])
     check("--predict does not depend on the batch size (padding)", rc == 0 and
           filecmp.cmp(p("pred.csv"), p("pred2.csv"), shallow=False), err)
+    final = re.search(r"^final eval: examples (\d+) loss ([\d.]+) accuracy ([\d.]+)$", full_out, re.M)
+    if final and len(rows) == 40:
+        loss = sum(-math.log(float(r[f"p_{r['label']}"])) for r in rows) / len(rows)
+        accuracy = sum(r["label"] == r["predicted"] for r in rows) / len(rows)
+        same = abs(loss - float(final.group(2))) < 2e-4 and f"{accuracy:.4f}" == final.group(3)
+        detail = f"--predict: loss {loss:.5f} accuracy {accuracy:.4f}; {final.group(0)}"
+    else:
+        same, detail = False, "no final eval line or no predictions"
+    check("evaluation does not drop: the run's final eval equals --predict on its model", same, detail)
 
     learn = ["-m", model, "--train", train, "--test", test, "--max-len", "32", "--batch-size", "8",
              "--epochs", "12", "--lr", "3e-3", "--warmup-ratio", "0.1", "--log-every", "12"]

@@ -1885,6 +1885,7 @@ typedef struct {
     const char *path;
     MappedFile file;
     int num_labels;          // 0 for unlabelled data
+    int vocab_size;          // of the tokenizer the data was made with
     int64_t num_examples;
     int64_t num_tokens;
     const int64_t *offsets;  // (N) start of each example in tokens
@@ -1896,17 +1897,19 @@ typedef struct {
 
 // Checks a dataset held in memory completely (header, sizes, offsets,
 // lengths, labels, every token id) and points d's arrays into it. Returns 1,
-// or 0 with the reason in `error`.
+// or 0 with the reason in `error`. vocab_size: the model's, which the data
+// must have been tokenized for; 0 when the model is not known yet.
 int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_size, char *error, size_t error_size) {
     if (size < DATA_HEADER_BYTES) { snprintf(error, error_size, "file is %zu bytes, too small for a dataset header", size); return 0; }
     if (read_i32(h) != DATA_MAGIC) { snprintf(error, error_size, "bad magic number %d: not a dataset made by prepro_imdb.py", read_i32(h)); return 0; }
     if (read_i32(h + 4) != DATA_VERSION) { snprintf(error, error_size, "dataset version %d is not supported (need %d)", read_i32(h + 4), DATA_VERSION); return 0; }
     d->num_labels = read_i32(h + 8);
-    const int file_vocab = read_i32(h + 12);
+    const int file_vocab = d->vocab_size = read_i32(h + 12);
     d->num_examples = read_i64(h + 16);
     d->num_tokens = read_i64(h + 24);
     if (d->num_labels < 0 || d->num_labels > 65536) { snprintf(error, error_size, "num_labels %d is out of range 0..65536", d->num_labels); return 0; }
-    if (file_vocab != vocab_size) { snprintf(error, error_size, "tokenized for vocabulary size %d, the model has %d", file_vocab, vocab_size); return 0; }
+    if (file_vocab < 1 || file_vocab > 65536) { snprintf(error, error_size, "vocabulary size %d is out of range 1..65536", file_vocab); return 0; }
+    if (vocab_size > 0 && file_vocab != vocab_size) { snprintf(error, error_size, "tokenized for vocabulary size %d, the model has %d", file_vocab, vocab_size); return 0; }
     if (d->num_examples < 1) { snprintf(error, error_size, "the dataset has no examples"); return 0; }
     const int64_t payload = (int64_t)(size - DATA_HEADER_BYTES);
     if (d->num_examples > payload / 20 || d->num_tokens < 0 || d->num_tokens > payload / 2 ||
@@ -1944,8 +1947,8 @@ int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_siz
         return 0;
     }
     for (int64_t i = 0; i < d->num_tokens; i++) {
-        if (d->tokens[i] >= vocab_size) {
-            snprintf(error, error_size, "token %lld has id %d, out of range for vocabulary %d", (long long)i, d->tokens[i], vocab_size);
+        if (d->tokens[i] >= file_vocab) {
+            snprintf(error, error_size, "token %lld has id %d, out of range for vocabulary %d", (long long)i, d->tokens[i], file_vocab);
             return 0;
         }
     }
@@ -1963,6 +1966,15 @@ void dataset_open(Dataset *d, const char *path, int vocab_size) {
 }
 
 void dataset_close(Dataset *d) { unmap_file(&d->file); }
+
+// Regression learns the star rating, which unrated examples (stars 0, e.g.
+// IMDB's unsup split) do not have: the first such example, or -1.
+int64_t first_unrated_example(const Dataset *d) {
+    for (int64_t i = 0; i < d->num_examples; i++) {
+        if (d->stars[i] < 1) { return i; }
+    }
+    return -1;
+}
 
 // Long reviews are cut to max_len tokens. Keeping the head and the tail (a
 // quarter and three quarters) works best for BERT on IMDB (Sun et al. 2019).
@@ -2435,6 +2447,22 @@ void print_eval(const char *tag, int step, const EvalResult *r) {
 // matches the checkpoint still at PATH is kept as PATH.state.prev; then the new
 // state and PATH.next are renamed into place. A kill at any moment leaves
 // PATH with a matching PATH.state or PATH.state.prev, which --resume finds.
+// Fails at the start, not after hours of training, when --save PATH could
+// not be written: PATH.tmp must be creatable and PATH must not be a directory.
+void check_save_path(const char *path) {
+    char *tmp_path = path_with_suffix(path, ".tmp");
+    FILE *f = fopen(tmp_path, "wb");
+    if (f == NULL) { fail("--save %s: cannot create %s: %s", path, tmp_path, strerror(errno)); }
+    fclose(f);
+    remove(tmp_path);
+    free(tmp_path);
+    f = fopen(path, "r+b"); // opens an existing file without changing it; creates nothing
+    if (f != NULL) { fclose(f); }
+#ifdef EISDIR
+    else if (errno == EISDIR) { fail("--save %s: is a directory; give a file name", path); }
+#endif
+}
+
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     char *next = path_with_suffix(path, ".next");
     char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
@@ -2563,7 +2591,7 @@ int main(int argc, char **argv) {
     const int training = args.predict_path == NULL;
     int data_labels = 0;
     if (training) {
-        dataset_open(&train_set, args.train_path, 50257);
+        dataset_open(&train_set, args.train_path, 0); // its vocabulary is checked against the model below
         data_labels = train_set.num_labels;
         if (!args.regression && data_labels < 2) {
             fail("%s: the data has %d labels; classification needs labelled data", args.train_path, data_labels);
@@ -2610,6 +2638,19 @@ int main(int argc, char **argv) {
         fail("%s: the data has %d labels; evaluating needs labels 0..%d of the model", args.test_path,
              test_set.num_labels, cfg->num_labels - 1);
     }
+    if (train_set.vocab_size != cfg->vocab_size) {
+        fail("%s: tokenized for vocabulary size %d, the model has %d", args.train_path, train_set.vocab_size, cfg->vocab_size);
+    }
+    if (args.regression) {
+        const Dataset *sets[2] = {&train_set, &test_set};
+        for (int i = 0; i < 2; i++) {
+            const int64_t unrated = first_unrated_example(sets[i]);
+            if (unrated >= 0) {
+                fail("%s: example %lld has no star rating; --task regression needs rated examples", sets[i]->path, (long long)unrated);
+            }
+        }
+    }
+    if (args.save_path != NULL) { check_save_path(args.save_path); }
     if (!train(&model, &train_set, &test_set, &args)) {
         printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
         dataset_close(&train_set);

@@ -55,7 +55,8 @@ for f in train_gpt2_sft.c test_sft.c Makefile; do
 done
 S=$WORK/src
 BIN=$WORK/bin
-TINY=("$REF/gpt2_tiny.bin" "$REF/gpt2_tiny_debug_state.bin" "$REF/gpt2_tiny_reg_debug_state.bin")
+TINY=("$REF/gpt2_tiny.bin" "$REF/gpt2_tiny_debug_state.bin" "$REF/gpt2_tiny_reg_debug_state.bin"
+      "$REF/gpt2_tiny_dropout_debug_state.bin")
 # Flags of the Makefile without -march=native, for the cross builds.
 XFLAGS="-O2 -ffp-contract=fast -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra"
 # The strict set a standalone build is held to (nothing defined on the command line).

@@ -400,6 +400,14 @@ def build_corpus(out_dir):
     # --- output paths -----------------------------------------------------------
     error("save_into_missing_directory", train_args(extra=["--save", "no_such_dir/out.bin"]), "no_such_dir/out.bin")
     error("save_onto_directory", train_args(extra=["--save", "a_directory"]), "a_directory")
+    # regression needs star ratings; unrated examples (stars 0) are refused before training
+    write("unrated.bin", dataset_bytes([(t, l, 0) for t, l, _ in good_examples()]))
+    error("regression_unrated_train", train_args(model="tiny_sft_reg.bin", train="unrated.bin",
+                                                 extra=["--task", "regression"]), "unrated.bin")
+    error("regression_unrated_test", train_args(model="tiny_sft_reg.bin", test="unrated.bin",
+                                                extra=["--task", "regression"]), "unrated.bin")
+    # training data tokenized for another vocabulary than the model's (the test data fits)
+    error("train_vocab_differs_from_model", train_args(train="data_vocab100.bin"), "data_vocab100.bin")
     error("output_into_missing_directory", ["--predict", "good.bin", "--output", "no_such_dir/p.csv", "-m", "tiny_sft.bin",
                                             "--max-len", "16"], "no_such_dir/p.csv")
     error("output_onto_directory", ["--predict", "good.bin", "--output", "a_directory", "-m", "tiny_sft.bin",
@@ -456,6 +464,10 @@ def build_corpus(out_dir):
     flag("batch_size_exponent", ["--batch-size", "1e3"], "--batch-size")
     flag("batch_size_huge", ["--batch-size", "100000"], "--batch-size")
     flag("batch_size_larger_than_data", ["--batch-size", "9"], "good.bin")
+    flag("dropout_1", ["--dropout", "1"], "--dropout")
+    flag("dropout_negative", ["--dropout", "-0.1"], "--dropout")
+    flag("dropout_nan", ["--dropout", "nan"], "--dropout")
+    flag("dropout_text", ["--dropout", "half"], "--dropout")
     flag("grad_accum_0", ["--grad-accum", "0"], "--grad-accum")
     flag("grad_accum_too_many", ["--grad-accum", "5"], "--grad-accum")
     flag("epochs_0", ["--epochs", "0"], "--epochs")

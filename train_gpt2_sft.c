@@ -15,8 +15,9 @@ The pipeline, top to bottom in this file:
      the loss; every layer's backward pass gives the gradients;
   5. AdamW with decoupled weight decay, gradient clipping and a linear
      warmup/decay schedule updates the weights.
-The model equals Hugging Face's GPT2ForSequenceClassification (dropout off),
-so a model trained here can be exported and used there, and vice versa.
+The model equals Hugging Face's GPT2ForSequenceClassification, dropout at its
+four places included (while training), so a model trained here can be
+exported and used there, and vice versa.
 
 Shapes are written (B,T,C): batch, time (padded length), channels.
 Every layer is a pair X_forward / X_backward; each backward states the
@@ -1438,17 +1439,26 @@ void validate_batch(const GPT2 *model, const Batch *batch) {
     }
 }
 
-// Dropout sites of the model (dev/FORMATS.md section 5): 0 is the embeddings,
-// and layer l has 1 + 3l + each of these.
-enum { DROPOUT_ATTENTION_PROBS, DROPOUT_ATTENTION_OUT, DROPOUT_MLP_OUT };
-int dropout_site_number(int layer, int which) { return 1 + 3 * layer + which; }
-
-// The masks of `site` in the current forward pass, stored in *s; NULL when
-// dropout is off. lengths: the rows are the sequences' last positions.
+// The masks of dropout site `site` in the current forward pass, stored in *s;
+// NULL when dropout is off. lengths: the rows are the sequences' last positions.
 const DropoutSite *model_dropout_site(DropoutSite *s, const GPT2 *model, int site, const int *lengths) {
     if (model->dropout.p <= 0.0f) { return NULL; }
     *s = dropout_site(&model->dropout, site, model->config.max_seq_len, model->T, lengths);
     return s;
+}
+
+// The three dropout sites of layer l (dev/FORMATS.md section 5: 1 + 3l the
+// attention probabilities, 2 + 3l the attention projection, 3 + 3l the MLP
+// projection; site 0 is the embeddings), each NULL when dropout is off.
+typedef struct {
+    DropoutSite storage[3];
+    const DropoutSite *probs, *attention, *mlp;
+} LayerDropout;
+
+void layer_dropout(LayerDropout *d, const GPT2 *model, int l, const int *lengths) {
+    d->probs = model_dropout_site(&d->storage[0], model, 1 + 3 * l, lengths);
+    d->attention = model_dropout_site(&d->storage[1], model, 2 + 3 * l, lengths);
+    d->mlp = model_dropout_site(&d->storage[2], model, 3 + 3 * l, lengths);
 }
 
 // One transformer block at every position (layers 0..L-2):
@@ -1467,24 +1477,22 @@ void block_forward(GPT2 *model, int l, const float *input) {
     float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
     float *fch = a.fch + l * BT * 4 * C, *residual3 = a.residual3 + l * BT * C;
     float *gelu = model->bufs.gelu, *branch = model->bufs.branch;
-    DropoutSite sites[3];
-    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), NULL);
-    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), NULL);
-    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), NULL);
+    LayerDropout drop;
+    layer_dropout(&drop, model, l, NULL);
 
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
     fill_rows_with_bias(qkv, 3 * C, p.qkvb + l * 3 * C, N, 3 * C);
     matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
-    attention_forward(atty, att, model->bufs.dscores, qkv, B, T, C, NH, drop_probs);
+    attention_forward(atty, att, model->bufs.dscores, qkv, B, T, C, NH, drop.probs);
     residual_branch_forward(residual2, input, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C,
-                            branch, N, C, C, drop_attention);
+                            branch, N, C, C, drop.attention);
 
     layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C);
     fill_rows_with_bias(fch, 4 * C, p.fcb + l * 4 * C, N, 4 * C);
     matmul_forward_accumulate(fch, ln2, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C);
     gelu_forward(gelu, fch, BT * 4 * C);
     residual_branch_forward(residual3, residual2, gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
-                            branch, N, 4 * C, C, drop_mlp);
+                            branch, N, 4 * C, C, drop.mlp);
 }
 
 // The last block. Only each sequence's last real position reaches the head,
@@ -1504,10 +1512,8 @@ void last_block_forward(GPT2 *model, const float *input) {
     const float *qkvw = p.qkvw + (size_t)l * 3 * C * C, *qkvb = p.qkvb + l * 3 * C;
     float *gelu = model->bufs.gelu, *branch = model->bufs.branch; // (B,4C) and (B,C) of them
     const int *lengths = model->lengths;
-    DropoutSite sites[3];
-    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), lengths);
-    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), lengths);
-    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), lengths);
+    LayerDropout drop;
+    layer_dropout(&drop, model, l, lengths);
 
     // keys and values at every position: qkv[:, C:3C] = LN1(input) . W_kv^T + b_kv
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
@@ -1519,17 +1525,17 @@ void last_block_forward(GPT2 *model, const float *input) {
     gather_last_positions(a.last_ln1, ln1, lengths, B, T, C);
     fill_rows_with_bias(a.last_q, C, qkvb, B, C);
     matmul_forward_accumulate(a.last_q, a.last_ln1, qkvw, B, C, C);
-    last_attention_forward(a.last_atty, a.last_att, a.last_q, qkv, lengths, B, T, C, NH, drop_probs);
+    last_attention_forward(a.last_atty, a.last_att, a.last_q, qkv, lengths, B, T, C, NH, drop.probs);
     gather_last_positions(a.last_residual2, input, lengths, B, T, C); // the residual, then the branch on top
     residual_branch_forward(a.last_residual2, a.last_residual2, a.last_atty, p.attprojw + (size_t)l * C * C,
-                            p.attprojb + l * C, branch, B, C, C, drop_attention);
+                            p.attprojb + l * C, branch, B, C, C, drop.attention);
     layernorm_forward(a.last_ln2, a.last_ln2_mean, a.last_ln2_rstd, a.last_residual2,
                       p.ln2w + l * C, p.ln2b + l * C, B, C);
     fill_rows_with_bias(a.last_fch, 4 * C, p.fcb + l * 4 * C, B, 4 * C);
     matmul_forward_accumulate(a.last_fch, a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
     gelu_forward(gelu, a.last_fch, (size_t)B * 4 * C);
     residual_branch_forward(a.last_residual3, a.last_residual2, gelu, p.fcprojw + (size_t)l * 4 * C * C,
-                            p.fcprojb + l * C, branch, B, 4 * C, C, drop_mlp);
+                            p.fcprojb + l * C, branch, B, 4 * C, C, drop.mlp);
 }
 
 // Runs the model on a batch: fills model->logits (B,K). When the batch has
@@ -1595,13 +1601,11 @@ void block_backward(GPT2 *model, int l, const float *input) {
     const float *att = a.att + l * (size_t)B * NH * T * T, *residual2 = a.residual2 + l * BT * C;
     const float *ln2 = a.ln2 + l * BT * C, *ln2_mean = a.ln2_mean + l * BT, *ln2_rstd = a.ln2_rstd + l * BT;
     const float *fch = a.fch + l * BT * 4 * C;
-    DropoutSite sites[3];
-    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), NULL);
-    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), NULL);
-    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), NULL);
+    LayerDropout drop;
+    layer_dropout(&drop, model, l, NULL);
 
     gelu_forward(d.gelu, fch, BT * 4 * C);
-    const float *dmlp = dropout_backward(d.branch, d.dresidual, drop_mlp, N, C);
+    const float *dmlp = dropout_backward(d.branch, d.dresidual, drop.mlp, N, C);
     matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, dmlp,
                     d.gelu, p.fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C);
     gelu_backward_inplace(d.dfch, fch, BT * 4 * C);
@@ -1610,10 +1614,10 @@ void block_backward(GPT2 *model, int l, const float *input) {
     layernorm_backward(d.dresidual, g.ln2w + l * C, g.ln2b + l * C, d.dln, residual2,
                        p.ln2w + l * C, ln2_mean, ln2_rstd, N, C);
 
-    const float *dattention = dropout_backward(d.branch, d.dresidual, drop_attention, N, C);
+    const float *dattention = dropout_backward(d.branch, d.dresidual, drop.attention, N, C);
     matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     atty, p.attprojw + (size_t)l * C * C, N, C, C);
-    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH, drop_probs);
+    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH, drop.probs);
     matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
                     ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
     layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
@@ -1634,14 +1638,12 @@ void last_block_backward(GPT2 *model, const float *input) {
     const float *qkv = a.qkv + l * BT * 3 * C, *qkvw = p.qkvw + (size_t)l * 3 * C * C;
     float *dqkvw = g.qkvw + (size_t)l * 3 * C * C, *dqkvb = g.qkvb + l * 3 * C;
     const int *lengths = model->lengths;
-    DropoutSite sites[3];
-    const DropoutSite *drop_probs = model_dropout_site(&sites[0], model, dropout_site_number(l, DROPOUT_ATTENTION_PROBS), lengths);
-    const DropoutSite *drop_attention = model_dropout_site(&sites[1], model, dropout_site_number(l, DROPOUT_ATTENTION_OUT), lengths);
-    const DropoutSite *drop_mlp = model_dropout_site(&sites[2], model, dropout_site_number(l, DROPOUT_MLP_OUT), lengths);
+    LayerDropout drop;
+    layer_dropout(&drop, model, l, lengths);
 
     // MLP and attention projection, at the last positions
     gelu_forward(d.gelu, a.last_fch, (size_t)B * 4 * C);
-    const float *dmlp = dropout_backward(d.branch, d.dlast, drop_mlp, B, C);
+    const float *dmlp = dropout_backward(d.branch, d.dlast, drop.mlp, B, C);
     matmul_backward(d.dfch, g.fcprojw + (size_t)l * 4 * C * C, g.fcprojb + l * C, dmlp,
                     d.gelu, p.fcprojw + (size_t)l * 4 * C * C, B, 4 * C, C);
     gelu_backward_inplace(d.dfch, a.last_fch, (size_t)B * 4 * C);
@@ -1649,12 +1651,12 @@ void last_block_backward(GPT2 *model, const float *input) {
                     a.last_ln2, p.fcw + (size_t)l * 4 * C * C, B, C, 4 * C);
     layernorm_backward(d.dlast, g.ln2w + l * C, g.ln2b + l * C, d.dln, a.last_residual2,
                        p.ln2w + l * C, a.last_ln2_mean, a.last_ln2_rstd, B, C);
-    const float *dattention = dropout_backward(d.branch, d.dlast, drop_attention, B, C);
+    const float *dattention = dropout_backward(d.branch, d.dlast, drop.attention, B, C);
     matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     a.last_atty, p.attprojw + (size_t)l * C * C, B, C, C);
 
     // attention: dq at the last positions, dk and dv everywhere
-    last_attention_backward(d.dlast_q, d.dqkv, d.datty, a.last_q, qkv, a.last_att, lengths, B, T, C, NH, drop_probs);
+    last_attention_backward(d.dlast_q, d.dqkv, d.datty, a.last_q, qkv, a.last_att, lengths, B, T, C, NH, drop.probs);
 
     // keys and values: dln1 = dkv . W_kv;  dW_kv += dkv^T . ln1;  db_kv += sum dkv
     const StridedMatrix dkv = {d.dqkv + C, 3 * C, 1}, w_kv = {qkvw + (size_t)C * C, C, 1};

@@ -528,7 +528,8 @@ static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, 
 }
 
 // Row t of attention probabilities after dropout, for keys u = 0..t of head h
-// of sequence b: dropped[u] = p[u] * keep(b,h,t,u) / (1-p).
+// of sequence b: dropped[u] = p[u] * keep(b,h,t,u) / (1-p). The same mask
+// takes a gradient row dP' to dP (dropped may be p).
 void dropout_attention_row(float *dropped, const float *p, const DropoutSite *s, int b, int h, int NH, int t) {
     const DropoutSite site = *s; // a local copy, as in dropout_row
     const uint64_t base = dropout_attention_row_index(&site, b, h, NH, t);
@@ -541,7 +542,7 @@ void dropout_attention_row(float *dropped, const float *p, const DropoutSite *s,
 // Token and position embeddings.
 // out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]       out (B,T,C)
 void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C) {
+                     int B, int T, int C) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
@@ -557,7 +558,7 @@ void encoder_forward(float *out, const int *tokens, const float *wte, const floa
 // Several positions may share a token, so threads split the channels, not the
 // positions: no two threads ever write the same element.
 void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
-                             int B, int T, int C) {
+                      int B, int T, int C) {
     #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += 64) {
         const int c1 = c0 + 64 < C ? c0 + 64 : C;
@@ -576,7 +577,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *to
 // out = (x - mean) * rstd * weight + bias,  rstd = 1/sqrt(var + 1e-5)
 // mean and rstd (N) are kept for the backward pass. Sums run in double.
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                              const float *weight, const float *bias, int N, int C) {
+                       const float *weight, const float *bias, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -598,8 +599,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
 //   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w
 // (the two means come from the dependence of mean and rstd on every x).
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, int N, int C) {
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -684,7 +685,7 @@ void bias_backward(float *dbias, const float *dout, long stride, int N, int OC) 
 // Callers first set out to the bias (or to a residual stream plus the bias),
 // which fuses the residual add of a transformer block into the matmul.
 void matmul_forward_accumulate(float *out, const float *inp, const float *weight,
-                                      int N, int C, int OC) {
+                               int N, int C, int OC) {
     StridedMatrix a = {inp, C, 1};
     StridedMatrix w_transposed = {weight, 1, C};
     gemm(N, OC, C, a, w_transposed, out, OC, 1);
@@ -695,7 +696,7 @@ void matmul_forward_accumulate(float *out, const float *inp, const float *weight
 //   dW  += dout^T . inp      (OC,C)
 //   db  += sum_rows dout     (OC)
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int N, int C, int OC) {
+                     const float *inp, const float *weight, int N, int C, int OC) {
     StridedMatrix dy = {dout, OC, 1};
     StridedMatrix w = {weight, C, 1};
     gemm(N, C, OC, dy, w, dinp, C, 0);
@@ -962,7 +963,7 @@ void classifier_forward(float *logits, const float *pooled, const float *score, 
 
 // dscore += dlogits^T . pooled;   dpooled = dlogits . score
 void classifier_backward(float *dpooled, float *dscore, const float *dlogits,
-                                const float *pooled, const float *score, int B, int C, int K) {
+                         const float *pooled, const float *score, int B, int C, int K) {
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < C; i++) {
             float sum = 0.0f;
@@ -986,7 +987,7 @@ void classifier_backward(float *dpooled, float *dscore, const float *dlogits,
 // `grad_scale` multiplies dlogits (1/accumulation_steps when accumulating).
 // Returns the loss.
 float loss_forward_backward(float *dlogits, const float *logits, const int *labels,
-                                   const float *targets, int B, int K, float grad_scale) {
+                            const float *targets, int B, int K, float grad_scale) {
     double total = 0.0;
     for (int b = 0; b < B; b++) {
         const float *z = logits + b * K;
@@ -1273,7 +1274,7 @@ void validate_config(const GPT2Config *cfg, const char *source) {
 // (no head) it sets the head, 0 meaning 2; for a fine-tuned one it must be 0
 // or equal the file's. Returns 1, or 0 with the reason in `error`.
 int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labels, GPT2Config *cfg,
-                                   int *has_head, int *step, char *error, size_t error_size) {
+                            int *has_head, int *step, char *error, size_t error_size) {
     if (size < HEADER_INTS * 4) { snprintf(error, error_size, "file is %zu bytes, too small for a checkpoint header", size); return 0; }
     const int32_t magic = read_i32(data), version = read_i32(data + 4);
     if (magic == LLMC_MAGIC) {
@@ -2002,7 +2003,7 @@ int copy_example(int *dst, const Dataset *d, int64_t i, int max_len, Truncation 
 // Gathers examples idx[0..B) into a batch padded to its longest sequence.
 // Returns the number of padded (computed but unused) positions.
 long fill_batch(Batch *batch, const Dataset *d, const int64_t *idx, int B, int max_len,
-                       Truncation how, int regression) {
+                Truncation how, int regression) {
     int T = 1;
     for (int b = 0; b < B; b++) {
         const int len = truncated_length(d->lengths[idx[b]], max_len);
@@ -2097,7 +2098,7 @@ int true_class(const Dataset *d, int64_t i, int regression) {
 // Runs the first `max_examples` (all when <= 0) of a fixed random order of the
 // dataset through the model. Examples are sorted by length for little padding.
 EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, int max_len,
-                           Truncation how, int regression, uint64_t seed) {
+                    Truncation how, int regression, uint64_t seed) {
     const int K = model->config.num_labels;
     int64_t n = d->num_examples;
     if (max_examples > 0 && max_examples < n) { n = max_examples; }
@@ -2186,7 +2187,7 @@ char *path_with_suffix(const char *path, const char *suffix) {
 }
 
 void write_file_atomically(const char *path, const void *header, size_t header_bytes,
-                                  const float *a, const float *b, size_t n) {
+                           const float *a, const float *b, size_t n) {
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
     if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }

@@ -159,6 +159,30 @@ int replace_file(const char *from, const char *to) {
 #endif
 }
 
+char *path_with_suffix(const char *path, const char *suffix) {
+    const size_t n = strlen(path) + strlen(suffix) + 1;
+    char *s = (char *)malloc_or_die(n, "path");
+    snprintf(s, n, "%s%s", path, suffix);
+    return s;
+}
+
+// Writes header and then n floats of a and of b (each optional) to path + ".tmp",
+// flushes it to disk and renames it over `path`: an interrupted write never
+// destroys the file already there.
+void write_file_atomically(const char *path, const void *header, size_t header_bytes,
+                           const float *a, const float *b, size_t n) {
+    char *tmp_path = path_with_suffix(path, ".tmp");
+    FILE *f = fopen(tmp_path, "wb");
+    if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
+    int ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
+             (a == NULL || fwrite(a, sizeof(float), n, f) == n) &&
+             (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
+    if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
+    free(tmp_path);
+}
+
 // Wall-clock seconds from an arbitrary origin, for timing only.
 double seconds_now(void) {
 #if PLATFORM_HAS_MMAP
@@ -1347,14 +1371,9 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     }
 }
 
-// Writes the fine-tuned checkpoint to path + ".tmp", flushes it to disk, and
-// renames it over `path`: an interrupted save never destroys the old file.
+// Writes the fine-tuned checkpoint (write_file_atomically: an interrupted save
+// never destroys the old file).
 void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
-    const size_t tmp_len = strlen(path) + 5;
-    char *tmp_path = (char *)malloc_or_die(tmp_len, "checkpoint path");
-    snprintf(tmp_path, tmp_len, "%s.tmp", path);
-    FILE *f = fopen(tmp_path, "wb");
-    if (f == NULL) { fail("cannot write checkpoint %s: %s", tmp_path, strerror(errno)); }
     int32_t header[HEADER_INTS];
     memset(header, 0, sizeof(header));
     const GPT2Config *cfg = &model->config;
@@ -1362,13 +1381,7 @@ void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
     header[2] = cfg->max_seq_len; header[3] = cfg->vocab_size; header[4] = cfg->num_layers;
     header[5] = cfg->num_heads; header[6] = cfg->channels; header[7] = cfg->padded_vocab_size;
     header[8] = cfg->num_labels; header[9] = model->step;
-    int ok = fwrite(header, sizeof(header), 1, f) == 1 &&
-             fwrite(model->params_memory, sizeof(float), model->num_parameters, f) == model->num_parameters &&
-             flush_to_disk(f) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) { remove(tmp_path); fail("writing checkpoint %s failed: %s", tmp_path, strerror(errno)); }
-    if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
-    free(tmp_path);
+    write_file_atomically(path, header, sizeof(header), model->params_memory, NULL, model->num_parameters);
 }
 
 // ----------------------------------------------------------------------------
@@ -1876,7 +1889,7 @@ void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq
 }
 
 // ----------------------------------------------------------------------------
-// Tokenized datasets, as written by prepro_imdb.py (format in README):
+// Tokenized datasets, as written by prepro_imdb.py (format in dev/FORMATS.md section 3):
 // a 1024-byte header, then per example an int64 offset, int32 length, int32
 // label and int32 star rating (struct of arrays), then uint16 token ids.
 
@@ -2165,9 +2178,9 @@ void print_eval_details(const EvalResult *r) {
 
 // ----------------------------------------------------------------------------
 // Training state for --resume: the AdamW moments and the step, beside the
-// checkpoint in PATH.state (format in README). Written before the checkpoint,
-// each to a temporary name then renamed; both record the step so a pair from
-// different moments is refused.
+// checkpoint in PATH.state (format in dev/FORMATS.md section 2b). save_run
+// writes both so that an interrupted save leaves a matching pair; both record
+// the step, so a pair from different moments is refused.
 
 #define STATE_MAGIC 20261130
 #define STATE_VERSION 1
@@ -2176,29 +2189,9 @@ typedef struct {
     int step;          // optimizer updates done
     int total_steps;
     int batch_size, grad_accum, max_len;
+    float dropout;     // with the seed and the step, it fixes the dropout masks
     uint64_t seed;
 } RunIdentity;
-
-char *path_with_suffix(const char *path, const char *suffix) {
-    const size_t n = strlen(path) + strlen(suffix) + 1;
-    char *s = (char *)malloc_or_die(n, "path");
-    snprintf(s, n, "%s%s", path, suffix);
-    return s;
-}
-
-void write_file_atomically(const char *path, const void *header, size_t header_bytes,
-                           const float *a, const float *b, size_t n) {
-    char *tmp_path = path_with_suffix(path, ".tmp");
-    FILE *f = fopen(tmp_path, "wb");
-    if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
-    int ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
-             (a == NULL || fwrite(a, sizeof(float), n, f) == n) &&
-             (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
-    if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
-    free(tmp_path);
-}
 
 void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
     int32_t header[HEADER_INTS];
@@ -2206,6 +2199,7 @@ void save_training_state(const GPT2 *model, const char *checkpoint_path, const R
     header[0] = STATE_MAGIC; header[1] = STATE_VERSION;
     header[2] = run->step; header[3] = run->total_steps;
     header[4] = run->batch_size; header[5] = run->grad_accum; header[6] = run->max_len;
+    memcpy(header + 7, &run->dropout, 4);
     const uint64_t n = model->num_parameters;
     memcpy(header + 8, &n, 8);
     memcpy(header + 10, &run->seed, 8);
@@ -2234,6 +2228,8 @@ void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIden
         fail("%s: not a version %d training state", path, STATE_VERSION);
     }
     uint64_t n, seed;
+    float dropout; // zero in states saved before dropout existed, which trained without it
+    memcpy(&dropout, f.data + 28, 4);
     memcpy(&n, f.data + 32, 8);
     memcpy(&seed, f.data + 40, 8);
     const int step = read_i32(f.data + 8);
@@ -2242,8 +2238,9 @@ void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIden
     }
     if (step != checkpoint_step) { fail("%s: state of step %d does not belong to the checkpoint of step %d", path, step, checkpoint_step); }
     if (read_i32(f.data + 12) != run->total_steps || read_i32(f.data + 16) != run->batch_size ||
-        read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || seed != run->seed) {
-        fail("%s: --resume needs the same --epochs/--max-steps, --batch-size, --grad-accum, --max-len and --seed as the saved run", path);
+        read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || dropout != run->dropout ||
+        seed != run->seed) {
+        fail("%s: --resume needs the same --epochs/--max-steps, --batch-size, --grad-accum, --max-len, --dropout and --seed as the saved run", path);
     }
     model->m_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW m");
     model->v_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW v");
@@ -2494,7 +2491,7 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     OptimizerConfig opt = args->opt;
     opt.total_steps = (int)planned;
     if (args->warmup_ratio > 0.0f && opt.warmup_steps == 0) { opt.warmup_steps = (int)ceil(args->warmup_ratio * planned); }
-    RunIdentity run = {model->step, opt.total_steps, B, accum, args->max_len, args->seed};
+    RunIdentity run = {model->step, opt.total_steps, B, accum, args->max_len, args->dropout, args->seed};
     if (args->resume_path != NULL) { load_training_state(model, args->resume_path, &run, model->step); }
     printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d, dropout %g\n",
            (long long)train_set->num_examples, (long long)steps_per_epoch, opt.total_steps, B, accum,

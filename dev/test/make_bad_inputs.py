@@ -154,10 +154,11 @@ def patched(data, pos, fmt, value):
     return bytes(b)
 
 
-def state_file(num_parameters, step, total_steps, batch_size, grad_accum, max_len, seed):
+def state_file(num_parameters, step, total_steps, batch_size, grad_accum, max_len, seed, dropout=0.1):
     """A training state (PATH.state) as save_training_state writes it: zero moments."""
     ints = [STATE_MAGIC, 1, step, total_steps, batch_size, grad_accum, max_len, 0]
     head = bytearray(header_bytes(ints))
+    struct.pack_into("<f", head, 28, dropout)
     struct.pack_into("<Q", head, 32, num_parameters)
     struct.pack_into("<Q", head, 40, seed)
     return bytes(head) + bytes(8 * num_parameters)
@@ -171,9 +172,12 @@ def build_corpus(out_dir):
     cases. Paths in the cases are relative to out_dir, where the runs happen.
 
     A case: {"name", "args", "expect": substring of the error line,
-             "kind": "error" | "ok" | "nonfinite" (see test_bad_inputs.py),
+             "kind": "error" | "ok" | "nonfinite" | "nonfinite_or_ok" (see test_bad_inputs.py),
              optional "setup": files to copy before the run {dst: src},
-             optional "keep": a file whose bytes must be unchanged by the run}."""
+             optional "keep": a file whose bytes must be unchanged by the run,
+             optional "then": further argument lists run after an "ok" run,
+             optional "saved" (and "save_every"): the --save checkpoint to check after the run,
+             optional "saved_step": [checkpoint, the step it must hold]}."""
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
@@ -426,6 +430,10 @@ def build_corpus(out_dir):
     write("resume_other_run.bin", sft_checkpoint(tiny, num_labels=2, step=1))
     write("resume_other_run.bin.state", state_file(nparams, 1, 2, 4, 1, 16, 1337))
     error("resume_state_of_other_run", resume_run + ["resume_other_run.bin"], "resume_other_run.bin.state")
+    # the same run but another --dropout (the default 0.1 against a saved 0.3): other masks, not exact
+    write("resume_other_dropout.bin", sft_checkpoint(tiny, num_labels=2, step=1))
+    write("resume_other_dropout.bin.state", state_file(nparams, 1, 2, 2, 1, 16, 1337, dropout=0.3))
+    error("resume_state_of_other_dropout", resume_run + ["resume_other_dropout.bin"], "--dropout")
     write("resume_truncated_state.bin", sft_checkpoint(tiny, num_labels=2, step=1))
     write("resume_truncated_state.bin.state", state_file(nparams, 1, 2, 2, 1, 16, 1337)[:-4])
     error("resume_truncated_state", resume_run + ["resume_truncated_state.bin"], "resume_truncated_state.bin.state")

@@ -78,7 +78,7 @@ def read_texts(args):
 
 
 def predict(binary, ckpt, token_lists, max_len, truncation, batch_size=8, threads=None):
-    """Run the trainer's --predict on token_lists; returns (header, rows) of its CSV."""
+    """Run the trainer's --predict on token_lists; returns the rows of its CSV, header left out."""
     with tempfile.TemporaryDirectory(prefix="classify_") as d:
         data = os.path.join(d, "texts.bin")
         out = os.path.join(d, "pred.csv")
@@ -93,10 +93,10 @@ def predict(binary, ckpt, token_lists, max_len, truncation, batch_size=8, thread
             raise ClassifyError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{tail}")
         with open(out, newline="") as f:
             rows = list(csv.reader(f))
-    header, rows = rows[0], rows[1:]
+    rows = rows[1:]
     if len(rows) != len(token_lists):
         raise ClassifyError(f"the trainer wrote {len(rows)} predictions for {len(token_lists)} texts")
-    return header, rows
+    return rows
 
 
 def preview(text, width=60):
@@ -144,8 +144,8 @@ def main(argv=None):
         for i, x in enumerate(ids):
             if not x:
                 raise ClassifyError(f"text {i + 1} has no tokens")
-        header, rows = predict(args.binary, args.model, ids, max_len, args.truncation,
-                               args.batch_size, args.threads)
+        rows = predict(args.binary, args.model, ids, max_len, args.truncation,
+                       args.batch_size, args.threads)
     except (ClassifyError, export_hf.ExportError, prepro_imdb.PrepError, OSError) as e:
         print(f"classify: error: {e}", file=sys.stderr)
         return 1

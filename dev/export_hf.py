@@ -54,9 +54,6 @@ HEADER_BYTES = 4 * HEADER_INTS
 EOT_ID = 50256
 EOT = "<|endoftext|>"
 
-PARAM_NAMES = ["wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
-               "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"]
-
 # Per-layer tensors: llm.c name -> (HF suffix, is a Conv1D weight to transpose)
 LAYER_TENSORS = [
     ("ln1w", "ln_1.weight", False), ("ln1b", "ln_1.bias", False),
@@ -170,7 +167,7 @@ def le_bytes(a):
 # ----------------------------------------------------------------------------
 # the Hugging Face layout
 
-def hf_plan(hdr, include_score=True):
+def hf_plan(hdr):
     """[(hf_name, hf_shape, reader)] in file order; reader(f) -> array('f') in HF layout."""
     L, C, V = hdr["num_layers"], hdr["channels"], hdr["vocab_size"]
     off = tensor_offsets(hdr)
@@ -199,7 +196,7 @@ def hf_plan(hdr, include_score=True):
             plan.append((f"transformer.h.{i}.{suffix}", shape, layer(name, i, transposed)))
     plan.append(("transformer.ln_f.weight", [C], whole("lnfw")))
     plan.append(("transformer.ln_f.bias", [C], whole("lnfb")))
-    if include_score and hdr["num_labels"] is not None:
+    if hdr["num_labels"] is not None:
         plan.append(("score.weight", [hdr["num_labels"], C], whole("score")))
     return plan
 

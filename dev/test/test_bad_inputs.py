@@ -129,7 +129,10 @@ def check_loadable(runner, ckpt):
 
 
 def check_no_temporaries(runner, ckpt):
-    left = [n for n in (ckpt + ".tmp", ckpt + ".state.tmp") if os.path.exists(runner.path(n))]
+    # save_run writes PATH.next (through PATH.next.tmp) and PATH.state.tmp; the
+    # start-up check of --save creates and removes PATH.tmp
+    left = [ckpt + suffix for suffix in (".tmp", ".next", ".next.tmp", ".state.tmp")
+            if os.path.exists(runner.path(ckpt + suffix))]
     return ["temporary file left behind: %s" % n for n in left]
 
 

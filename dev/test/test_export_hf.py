@@ -118,7 +118,7 @@ def read_predictions(path):
 def ref_model_from_hf(folder):
     """Reference model built from the exported folder: import_hf -> read_checkpoint -> float64 model."""
     tmp = os.path.join(folder, "..", os.path.basename(folder) + "_reimported.bin")
-    cfg, score = ref.import_hf(folder, tmp)
+    ref.import_hf(folder, tmp)
     cfg, params, score = ref.read_checkpoint(tmp)
     return cfg, params, score, tmp
 

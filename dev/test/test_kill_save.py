@@ -22,15 +22,15 @@ After each kill:
   - P's step never goes back: it is at least the step the run resumed from;
   - when P and P.state both exist and hold the same step, `--resume P` is
     accepted (checked by the next run, which resumes);
-  - when their steps differ, the state must be exactly one save ahead of the
-    checkpoint (the trainer writes the state first, then the checkpoint: a kill
-    between the two renames, or during the checkpoint write, leaves that pair),
-    and `--resume P` must refuse the pair with one `error:` line naming P.state
-    instead of silently resuming with moments of another step. (A trainer that
-    keeps the previous state as P.state.prev, and resumes from it when it is
-    the one that matches P, passes too: such pairs are counted as completed.)
-Leftover P.tmp / P.state.tmp files (a kill during a write) are reported, and
-must not stop the next run from saving.
+  - when their steps differ, `--resume P` must either find the matching state
+    or refuse the pair with one `error:` line naming P.state, never resume
+    with moments of another step. The trainer saves in this order: the
+    checkpoint to P.next (through P.next.tmp), the old state renamed to
+    P.state.prev, the new state to P.state (through P.state.tmp), then P.next
+    renamed to P; a kill in between leaves P with the state of one save
+    later, and --resume then takes P.state.prev (counted as completed).
+Leftover P.next.tmp and P.state.tmp files (a kill during a write) are
+reported, and must not stop the next run from saving.
 
 Ends with "N passed, N failed" (one case per kill); exits 1 on any failure.
 """

@@ -148,6 +148,18 @@ def ds_label_pos(n, i): return DATA_HEADER_BYTES + 12 * n + 4 * i
 def ds_token_pos(n, j): return DATA_HEADER_BYTES + 20 * n + 2 * j
 
 
+def read_i32(path, pos):
+    """The little-endian int32 at byte pos of a file (a header slot), or None
+    when the file is missing or shorter."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            data = f.read(4)
+    except OSError:
+        return None
+    return struct.unpack("<i", data)[0] if len(data) == 4 else None
+
+
 def patched(data, pos, fmt, value):
     b = bytearray(data)
     struct.pack_into(fmt, b, pos, value)

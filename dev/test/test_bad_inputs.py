@@ -31,7 +31,6 @@ import argparse
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -111,13 +110,6 @@ def check_error_run(rc, out, err, expect):
     return problems
 
 
-def read_i32(path, pos):
-    with open(path, "rb") as f:
-        f.seek(pos)
-        data = f.read(4)
-    return struct.unpack("<i", data)[0] if len(data) == 4 else None
-
-
 def check_loadable(runner, ckpt):
     """[] when `ckpt` loads: --predict over good.bin succeeds."""
     csv = ckpt + ".check.csv"
@@ -159,15 +151,15 @@ def check_saved(runner, case, failed_step):
             if f.read() != g.read():
                 problems.append("%s changed although no step was saved" % ckpt)
     elif last_saved is not None:
-        step = read_i32(path, 36)
+        step = make_bad_inputs.read_i32(path, 36)
         if step != last_saved:
             problems.append("%s holds step %s, want %d (the last saved step before step %d failed)"
                             % (ckpt, step, last_saved, failed_step))
         state = path + ".state"
         if not os.path.exists(state):
             problems.append("%s.state does not exist" % ckpt)
-        elif read_i32(state, 8) != step:
-            problems.append("%s.state holds step %s, the checkpoint %s" % (ckpt, read_i32(state, 8), step))
+        elif make_bad_inputs.read_i32(state, 8) != step:
+            problems.append("%s.state holds step %s, the checkpoint %s" % (ckpt, make_bad_inputs.read_i32(state, 8), step))
     problems += check_loadable(runner, ckpt)
     return problems
 
@@ -197,7 +189,7 @@ def run_case(runner, case):
                 err += err2
         if "saved_step" in case and not problems:
             ckpt, want = case["saved_step"]
-            got = read_i32(runner.path(ckpt), 36) if os.path.exists(runner.path(ckpt)) else None
+            got = make_bad_inputs.read_i32(runner.path(ckpt), 36) if os.path.exists(runner.path(ckpt)) else None
             if got != want:
                 problems.append("%s: %s, want a checkpoint of step %d" % (
                     ckpt, "missing" if got is None else "step %d" % got, want))

@@ -40,7 +40,6 @@ import os
 import random
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -49,16 +48,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_bad_inputs as mbi  # noqa: E402
 
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "==ERROR")
-
-
-def read_i32(path, pos):
-    try:
-        with open(path, "rb") as f:
-            f.seek(pos)
-            data = f.read(4)
-    except OSError:
-        return None
-    return struct.unpack("<i", data)[0] if len(data) == 4 else None
 
 
 def main():
@@ -118,11 +107,11 @@ def main():
     start_all = time.time()
     for k in range(args.kills):
         delay = rng.uniform(args.min_delay, args.max_delay)
-        pair_ok = os.path.exists(path(P)) and read_i32(path(P), 36) in (read_i32(path(state), 8),
-                                                                        read_i32(path(prev), 8))
+        pair_ok = os.path.exists(path(P)) and mbi.read_i32(path(P), 36) in (mbi.read_i32(path(state), 8),
+                                                                             mbi.read_i32(path(prev), 8))
         if pair_ok:
             cmd = ["--resume", P] + run_flags
-            resume_from = read_i32(path(P), 36)
+            resume_from = mbi.read_i32(path(P), 36)
         else:
             cmd = ["-m", base] + run_flags
             resume_from = None
@@ -151,9 +140,9 @@ def main():
                      and os.stat(path(n)).st_mtime >= launched - 1e-3]
         s_tmp = any(".state" in n for n in fresh_tmp)
         p_tmp = any(".state" not in n for n in fresh_tmp)
-        p_step = read_i32(path(P), 36) if os.path.exists(path(P)) else None
-        s_step = read_i32(path(state), 8) if os.path.exists(path(state)) else None
-        v_step = read_i32(path(prev), 8) if os.path.exists(path(prev)) else None
+        p_step = mbi.read_i32(path(P), 36) if os.path.exists(path(P)) else None
+        s_step = mbi.read_i32(path(state), 8) if os.path.exists(path(state)) else None
+        v_step = mbi.read_i32(path(prev), 8) if os.path.exists(path(prev)) else None
         # where the kill landed, as far as the files tell
         if not written:
             where = "before the first save"

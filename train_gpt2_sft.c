@@ -231,6 +231,28 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // inside a product, and every element of C is summed in the same order
 // whatever the number of threads.
 
+typedef struct {
+    const float *data;
+    long row_stride; // distance between (i, k) and (i+1, k)
+    long col_stride; // distance between (i, k) and (i, k+1)
+} StridedMatrix;
+
+// The specification, as a plain triple loop: what every faster kernel below
+// must compute (up to float rounding), and the kernel the whole program uses
+// when built with -DGEMM_REFERENCE (for reading, and to check a port).
+//   c[i*ldc + j] = [c[i*ldc + j] +] sum_k a(i,k) b(k,j)
+void gemm_reference(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) {
+                sum += a.data[i * a.row_stride + k * a.col_stride] * b.data[k * b.row_stride + j * b.col_stride];
+            }
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+        }
+    }
+}
+
 // The register tile must fit the vector registers: 6 x 64 floats is 24 of the
 // 32 AVX-512 registers; elsewhere (AVX2, NEON: 16 or 32 registers of 4 or 8
 // floats) 6 x 16 is the safe choice. Measured with dev/bench_sft.c.
@@ -256,12 +278,6 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 #ifndef GEMM_NC
 #define GEMM_NC 1024 // columns of B packed per block (multiple of GEMM_NR)
 #endif
-
-typedef struct {
-    const float *data;
-    long row_stride; // distance between (i, k) and (i+1, k)
-    long col_stride; // distance between (i, k) and (i, k+1)
-} StridedMatrix;
 
 // Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:
 //   panel[k*width + j] = M[k0 + k, col0 + j],  zero for j >= cols
@@ -370,6 +386,10 @@ void gemm_workspace_release(void) {
 
 // gemm on the calling thread alone (used directly inside parallel loops).
 void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
+#ifdef GEMM_REFERENCE
+    gemm_reference(M, N, K, a, b, c, ldc, accumulate);
+    return;
+#endif
     if (M <= 0 || N <= 0) { return; }
     if (K <= 0) {
         if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }

@@ -3,6 +3,8 @@
 #   make test       build, generate missing reference files (PyTorch), run every test suite
 #   make run        build, prepare IMDB, fine-tune, evaluate (see README)
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
+#   make MPI=1      the trainer with MPI (mpicc -DUSE_MPI), for mpirun -np N (README: Several machines)
+#   make test-mpi   build/train_gpt2_sft_mpi, then N ranks against one process, faults, SIGKILL of a rank
 #   make asan / make ubsan   the C tests under AddressSanitizer / UndefinedBehaviorSanitizer
 
 SHELL := /bin/bash
@@ -13,6 +15,12 @@ TORCH_PYTHON ?= /usr/bin/python3
 OPT ?= -O3 -march=native
 CFLAGS ?= $(OPT) -ffp-contract=fast
 CFLAGS += -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
+# MPI (Open MPI from Debian: apt-get install openmpi-bin libopenmpi-dev)
+MPICC ?= mpicc
+ifeq ($(MPI),1)
+  CC = $(MPICC)
+  CFLAGS += -DUSE_MPI
+endif
 LDLIBS = -lm
 REF = build/ref
 ifeq ($(NO_OMP),1)
@@ -21,7 +29,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c run asan ubsan fuzz clean reference FORCE
+.PHONY: all test test-c test-mpi run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -38,6 +46,10 @@ test_sft: test_sft.c train_gpt2_sft.c build/flags
 
 build/bench_sft: dev/bench_sft.c train_gpt2_sft.c build/flags
 	$(CC) $(CFLAGS) $(OMP_FLAGS) -o $@ $< $(LDLIBS)
+
+# the MPI trainer under its own name, beside the default build (tests, benchmark)
+build/train_gpt2_sft_mpi: train_gpt2_sft.c build/flags
+	$(MPICC) $(CFLAGS) -DUSE_MPI $(OMP_FLAGS) -o $@ $< $(LDLIBS)
 
 # Reference files: random GPT-2 checkpoints (tiny and 124M shapes) and the
 # PyTorch debug states the C test compares against (real IMDB tokens when
@@ -73,6 +85,13 @@ test: all reference build/npm/node_modules/js-tiktoken
 # the C tests alone (CI also runs them as `make NO_OMP=1 test-c`)
 test-c: all reference
 	bash dev/run_tests.sh $(C_SUITES)
+
+# MPI: N ranks give one process's results (dev/test/test_mpi.py, which also
+# checks failing ranks), and a rank killed mid-run leaves the checkpoint intact.
+# mpirun runs 2 ranks, --oversubscribe (more ranks than cores is fine here).
+test-mpi: build/train_gpt2_sft_mpi train_gpt2_sft
+	bash dev/run_tests.sh "MPI: 2 ranks against one process, failing ranks::$(PYTHON) dev/test/test_mpi.py" \
+	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 8 --out-dir build/kill_save_mpi"
 
 # The C test and the bad-input corpus under AddressSanitizer (with
 # LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.

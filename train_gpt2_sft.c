@@ -45,16 +45,135 @@ test_sft.c can include this file.
 #endif
 
 // ----------------------------------------------------------------------------
+// Data parallelism over MPI: all of the program's MPI code, compiled only by
+// `make MPI=1` (mpicc -DUSE_MPI). The default build is one process: dp_size
+// is 1 and every function below does nothing.
+//
+// `mpirun -np N train_gpt2_sft ...` runs N copies (ranks) of the program; each
+// maps the data and builds the same model. A micro-step's global batch is
+// N x --batch-size examples, exactly the batch one process takes with
+// --batch-size N x B, and rank r takes its examples r B .. r B + B - 1
+// (dropout masks are keyed by that global place). Each rank scales its loss
+// by 1/N, so after one in-place MPI_Allreduce summing the gradients (once per
+// update, after the --grad-accum micro-steps) every rank holds the gradient of
+// the mean loss over the global batch, and makes the same AdamW update.
+// Rank 0 alone prints and writes files. Evaluation and --predict give rank r
+// every N-th batch and merge the results in order (dp_merge_disjoint).
+// A rank that fails ends every rank (dp_exit_failure: MPI_Abort).
+
+int dp_rank = 0, dp_size = 1; // this process's rank, and the number of ranks
+
+#ifdef USE_MPI
+#include <limits.h>
+#include <mpi.h>
+
+void dp_finalize(void) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) { MPI_Finalize(); }
+}
+
+// Called first in main. Only the main thread calls MPI, outside parallel regions.
+void dp_init(int *argc, char ***argv) {
+    int provided;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &dp_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &dp_size);
+    atexit(dp_finalize); // every normal exit finalizes
+    if (dp_rank != 0) { // rank 0 alone logs
+        FILE *quiet = freopen("/dev/null", "w", stdout);
+        (void)quiet;
+    }
+}
+
+// fail() calls these two around its message. Ranks often fail alike (the
+// same bad flag or file): rank 0 reports at once and MPI_Abort ends every
+// rank, while the others first wait two seconds for that to happen and report
+// only a failure of their own. So one `error:` line is printed either way.
+void dp_before_error_message(void) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    fflush(stdout);
+    if (initialized && dp_rank != 0) {
+        const struct timespec grace = {2, 0};
+        nanosleep(&grace, NULL);
+    }
+}
+
+void dp_exit_failure(void) {
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    fflush(stderr);
+    if (initialized && !finalized) { MPI_Abort(MPI_COMM_WORLD, EXIT_FAILURE); }
+    exit(EXIT_FAILURE);
+}
+
+// x[0..n) = the sum over the ranks of their x, in place: one MPI_Allreduce
+// (one per 2^31 - 1 elements).
+void dp_sum_floats(float *x, size_t n) {
+    if (dp_size == 1) { return; }
+    for (size_t done = 0; done < n;) {
+        const int count = n - done > (size_t)INT_MAX ? INT_MAX : (int)(n - done);
+        MPI_Allreduce(MPI_IN_PLACE, x + done, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        done += (size_t)count;
+    }
+}
+
+void dp_sum_doubles(double *x, int n) {
+    if (dp_size == 1) { return; }
+    MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+}
+
+// A gather in order: each rank has written its own part of buf and left the
+// rest zero bytes; afterwards every rank holds all parts, bit for bit (a
+// bitwise OR of one value with zeros, so -0.0 and NaN survive too).
+void dp_merge_disjoint(void *buf, size_t bytes) {
+    if (dp_size == 1) { return; }
+    for (size_t done = 0; done < bytes;) {
+        const int count = bytes - done > (size_t)INT_MAX ? INT_MAX : (int)(bytes - done);
+        MPI_Allreduce(MPI_IN_PLACE, (unsigned char *)buf + done, count, MPI_BYTE, MPI_BOR, MPI_COMM_WORLD);
+        done += (size_t)count;
+    }
+}
+
+// 1 when x[0..n) holds the same bits on every rank (compared by a 64-bit
+// FNV-1a hash), else 0. The ranks' updates are the same only while the
+// allreduce gives each of them the same sums.
+int dp_identical_on_all_ranks(const float *x, size_t n) {
+    if (dp_size == 1) { return 1; }
+    uint64_t h = 0xCBF29CE484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, 4);
+        h = (h ^ bits) * 0x100000001B3ULL;
+    }
+    unsigned long long both[2] = {h, ~h}, max[2]; // max(~h) = ~min(h)
+    MPI_Allreduce(both, max, 2, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+    return max[0] == ~max[1];
+}
+#else
+void dp_init(int *argc, char ***argv) { (void)argc; (void)argv; }
+void dp_before_error_message(void) {}
+void dp_exit_failure(void) { exit(EXIT_FAILURE); }
+void dp_sum_floats(float *x, size_t n) { (void)x; (void)n; }
+void dp_sum_doubles(double *x, int n) { (void)x; (void)n; }
+void dp_merge_disjoint(void *buf, size_t bytes) { (void)buf; (void)bytes; }
+int dp_identical_on_all_ranks(const float *x, size_t n) { (void)x; (void)n; return 1; }
+#endif
+
+// ----------------------------------------------------------------------------
 // Errors. Every failure the user can cause ends here: one line, non-zero exit.
 
 void fail(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
+    dp_before_error_message();
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, args);
     fprintf(stderr, "\n");
     va_end(args);
-    exit(EXIT_FAILURE);
+    dp_exit_failure(); // exit(EXIT_FAILURE); under MPI it ends every rank
 }
 
 void *malloc_or_die(size_t bytes, const char *what) {
@@ -496,12 +615,14 @@ static inline uint64_t mix64(uint64_t z) {
 // Dropout of one forward pass. Pass number `pass` of a run with seed `seed`
 // has key mix64(seed * G + pass); training pass k of update s is s * A + k.
 typedef struct {
-    float p;      // probability of dropping an element; 0: dropout off
-    uint64_t key; // this forward pass's key
+    float p;           // probability of dropping an element; 0: dropout off
+    uint64_t key;      // this forward pass's key
+    int first_example; // place of the batch's first sequence in the global batch
+                       // (over MPI, rank x batch size; else 0): b in the mask index
 } Dropout;
 
 Dropout dropout_for_pass(float p, uint64_t seed, uint64_t pass) {
-    Dropout d = {p, mix64(seed * HASH_GOLDEN + pass)};
+    Dropout d = {p, mix64(seed * HASH_GOLDEN + pass), 0};
     return d;
 }
 
@@ -515,6 +636,7 @@ typedef struct {
     int max_seq_len;    // maxT: indices are positions in a (B, maxT, ...) tensor
     int T;              // rows r of an activation are positions (b, t) = (r / T, r % T) ...
     const int *lengths; // ... or, when set, (r, lengths[r] - 1): one row per sequence
+    int first_example;  // added to b: the sequence's place in the global batch
 } DropoutSite;
 
 DropoutSite dropout_site(const Dropout *d, int site, int max_seq_len, int T, const int *lengths) {
@@ -525,6 +647,7 @@ DropoutSite dropout_site(const Dropout *d, int site, int max_seq_len, int T, con
     s.max_seq_len = max_seq_len;
     s.T = T;
     s.lengths = lengths;
+    s.first_example = d->first_example;
     return s;
 }
 
@@ -544,12 +667,13 @@ void dropout_row(float *out, const float *x, const float *residual, const Dropou
 }
 
 // out[r,i] = residual[r,i] + x[r,i] * keep(b,t,i) / (1-p) over (rows, C), with
-// index (b maxT + t) C + i; residual may be NULL (no add), out may be x.
+// index (b maxT + t) C + i, b counted in the global batch; residual may be
+// NULL (no add), out may be x.
 // It is also the backward: dx = dropout_apply(dout) with residual NULL.
 void dropout_apply(float *out, const float *x, const float *residual, const DropoutSite *s, int rows, int C) {
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
-        const int b = s->lengths != NULL ? r : r / s->T;
+        const int b = s->first_example + (s->lengths != NULL ? r : r / s->T);
         const int t = s->lengths != NULL ? s->lengths[r] - 1 : r % s->T;
         const size_t row = (size_t)r * C;
         dropout_row(out + row, x + row, residual != NULL ? residual + row : NULL, s,
@@ -565,10 +689,10 @@ const float *dropout_backward(float *scratch, const float *dout, const DropoutSi
     return scratch;
 }
 
-// The attention probability (b,h,t,u) has index ((b NH + h) maxT + t) maxT + u;
-// this is the index of u = 0.
+// The attention probability (b,h,t,u) has index ((b NH + h) maxT + t) maxT + u
+// (b counted in the global batch); this is the index of u = 0.
 static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, int h, int NH, int t) {
-    return (((uint64_t)b * NH + h) * s->max_seq_len + t) * s->max_seq_len;
+    return (((uint64_t)(s->first_example + b) * NH + h) * s->max_seq_len + t) * s->max_seq_len;
 }
 
 // Row t of attention probabilities after dropout, for keys u = 0..t of head h
@@ -1584,7 +1708,7 @@ void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale, const Dropo
     gpt2_ensure_buffers(model, B, T);
     model->B = B; model->T = T;
     model->tokens = batch->tokens; model->lengths = batch->lengths;
-    model->dropout = dropout != NULL ? *dropout : (Dropout){0.0f, 0};
+    model->dropout = dropout != NULL ? *dropout : (Dropout){0.0f, 0, 0};
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
 
@@ -2130,6 +2254,8 @@ int true_class(const Dataset *d, int64_t i, int regression) {
 
 // Runs the first `max_examples` (all when <= 0) of a fixed random order of the
 // dataset through the model. Examples are sorted by length for little padding.
+// Over MPI, batch j runs on rank j % N; the ranks merge their losses and
+// predictions in batch order, so the result does not depend on N.
 EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, int max_len,
                     Truncation how, int regression, uint64_t seed) {
     const int K = model->config.num_labels;
@@ -2155,18 +2281,31 @@ EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, 
     Batch batch = batch_alloc(B, max_len);
     double loss_sum = 0.0;
     int64_t correct = 0;
-    for (int64_t start = 0; start < n; start += B) {
-        const int b_count = (int)(n - start < B ? n - start : B);
-        fill_batch(&batch, d, order + start, b_count, max_len, how, regression);
-        gpt2_forward(model, &batch, 1.0f, NULL);
-        loss_sum += (double)model->loss * b_count;
-        for (int b = 0; b < b_count; b++) {
-            const int pred = predicted_class(model->logits + b * K, K);
-            const int truth = true_class(d, order[start + b], regression);
+    // a round is one batch per rank: N loss sums, then N B predicted classes
+    const int64_t round = (int64_t)B * dp_size;
+    double *merged = (double *)malloc_or_die((size_t)(dp_size + round) * sizeof(double), "eval results");
+    for (int64_t first = 0; first < n; first += round) {
+        memset(merged, 0, (size_t)(dp_size + round) * sizeof(double));
+        const int64_t start = first + (int64_t)dp_rank * B;
+        if (start < n) {
+            const int b_count = (int)(n - start < B ? n - start : B);
+            fill_batch(&batch, d, order + start, b_count, max_len, how, regression);
+            gpt2_forward(model, &batch, 1.0f, NULL);
+            merged[dp_rank] = (double)model->loss * b_count;
+            for (int b = 0; b < b_count; b++) {
+                merged[dp_size + (int64_t)dp_rank * B + b] = predicted_class(model->logits + b * K, K);
+            }
+        }
+        dp_merge_disjoint(merged, (size_t)(dp_size + round) * sizeof(double));
+        for (int rank = 0; rank < dp_size && first + (int64_t)rank * B < n; rank++) { loss_sum += merged[rank]; }
+        for (int64_t i = first; i < n && i < first + round; i++) {
+            const int pred = (int)merged[dp_size + i - first];
+            const int truth = true_class(d, order[i], regression);
             r.confusion[truth * r.num_classes + pred]++;
             correct += pred == truth;
         }
     }
+    free(merged);
     batch_free(&batch);
     free(order);
     r.examples = n;
@@ -2208,7 +2347,8 @@ void print_eval_details(const EvalResult *r) {
 typedef struct {
     int step;          // optimizer updates done
     int total_steps;
-    int batch_size, grad_accum, max_len;
+    int batch_size;    // of a micro-step, all ranks: ranks x --batch-size
+    int grad_accum, max_len;
     float dropout;     // with the seed and the step, it fixes the dropout masks
     uint64_t seed;
 } RunIdentity;
@@ -2257,6 +2397,11 @@ void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIden
         fail("%s: size does not match the checkpoint's %zu parameters", path, model->num_parameters);
     }
     if (step != checkpoint_step) { fail("%s: state of step %d does not belong to the checkpoint of step %d", path, step, checkpoint_step); }
+    // over MPI another number of ranks continues the run as well, with the same global batch
+    if (read_i32(f.data + 16) != run->batch_size) {
+        fail("%s: the saved run had a batch of %d examples (ranks x --batch-size), this one has %d x %d; --resume needs the same",
+             path, read_i32(f.data + 16), dp_size, run->batch_size / dp_size);
+    }
     if (read_i32(f.data + 12) != run->total_steps || read_i32(f.data + 16) != run->batch_size ||
         read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || dropout != run->dropout ||
         seed != run->seed) {
@@ -2287,6 +2432,7 @@ typedef struct {
     float dropout;            // while training; evaluation never drops
     uint64_t seed;
     int log_every, eval_every, eval_examples, save_every, threads;
+    int log_digits;           // decimals of the logged loss and gradient norm (0: 4 and 3)
     int stop_at_step;         // end this run after this many updates (0: run to the end)
 } Args;
 
@@ -2315,13 +2461,17 @@ void print_usage(void) {
         "                          training (0: off) [0.1, as GPT-2's Hugging Face config]\n"
         "output\n"
         "  --log-every N [10]   --eval-every N steps (0: only at the end) [0]\n"
+        "  --log-digits N          decimals of the logged loss and gradient norm [4 and 3]\n"
         "  --eval-examples N   examples for the periodic evaluations [1000]\n"
         "  --save PATH   --save-every N steps [0: only at the end]\n"
         "  --resume PATH           continue a run saved with --save PATH\n"
         "  --stop-at-step N        end this run after N updates, saving; the schedule still spans\n"
         "                          the whole run, so --resume continues it exactly [0: off]\n"
         "  --predict PATH --output FILE   write predictions for a dataset and exit\n"
-        "  --threads N             OpenMP threads [all cores]\n");
+        "  --threads N             OpenMP threads [all cores]\n"
+        "several processes (a build with make MPI=1)\n"
+        "  mpirun -np N train_gpt2_sft ...   N data-parallel ranks: a micro-step's batch is\n"
+        "                          N x --batch-size examples, --batch-size on each rank\n");
 }
 
 long parse_long(const char *flag, const char *value, long lo, long hi) {
@@ -2395,6 +2545,7 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--dropout") == 0) { a->dropout = parse_float(flag, v, 0.0, 0.99); }
         else if (strcmp(flag, "--seed") == 0) { a->seed = (uint64_t)parse_long(flag, v, 0, 2147483647); }
         else if (strcmp(flag, "--log-every") == 0) { a->log_every = (int)parse_long(flag, v, 1, 100000000); }
+        else if (strcmp(flag, "--log-digits") == 0) { a->log_digits = (int)parse_long(flag, v, 1, 17); }
         else if (strcmp(flag, "--eval-every") == 0) { a->eval_every = (int)parse_long(flag, v, 0, 100000000); }
         else if (strcmp(flag, "--eval-examples") == 0) { a->eval_examples = (int)parse_long(flag, v, 1, 2147483647); }
         else if (strcmp(flag, "--save") == 0) { a->save_path = v; }
@@ -2417,28 +2568,40 @@ void format_duration(char *out, size_t n, double seconds) {
 }
 
 // Writes "index,true_label,predicted,p_0..p_{K-1}" (or the predicted value for
-// regression) for every example of a dataset, in file order.
+// regression) for every example of a dataset, in file order. Over MPI, batch
+// j runs on rank j % N and rank 0 writes the merged logits.
 void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     const int K = model->config.num_labels, B = args->batch_size;
     char *tmp_path = path_with_suffix(args->output_path, ".tmp");
-    FILE *f = fopen(tmp_path, "w");
-    if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
-    fprintf(f, "index,label,predicted");
-    for (int k = 0; k < K; k++) { fprintf(f, K == 1 ? ",value" : ",p_%d", k); }
-    fprintf(f, "\n");
+    FILE *f = NULL;
+    if (dp_rank == 0) {
+        f = fopen(tmp_path, "w");
+        if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
+        fprintf(f, "index,label,predicted");
+        for (int k = 0; k < K; k++) { fprintf(f, K == 1 ? ",value" : ",p_%d", k); }
+        fprintf(f, "\n");
+    }
     Batch batch = batch_alloc(B, args->max_len);
     int64_t *idx = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "indices");
-    for (int64_t start = 0; start < d->num_examples; start += B) {
-        const int count = (int)(d->num_examples - start < B ? d->num_examples - start : B);
-        for (int b = 0; b < count; b++) { idx[b] = start + b; }
-        fill_batch(&batch, d, idx, count, args->max_len, args->truncation, args->regression);
-        Batch inputs_only = batch; // no loss: the data may be unlabelled
-        inputs_only.labels = NULL;
-        inputs_only.targets = NULL;
-        gpt2_forward(model, &inputs_only, 1.0f, NULL);
-        for (int b = 0; b < count; b++) {
-            const float *z = model->logits + b * K;
-            fprintf(f, "%lld,%d,%d", (long long)(start + b), d->labels[start + b], predicted_class(z, K));
+    const int64_t round = (int64_t)B * dp_size; // one batch per rank
+    float *logits = (float *)malloc_or_die((size_t)round * K * sizeof(float), "logits of a round");
+    for (int64_t first = 0; first < d->num_examples; first += round) {
+        memset(logits, 0, (size_t)round * K * sizeof(float));
+        const int64_t start = first + (int64_t)dp_rank * B;
+        if (start < d->num_examples) {
+            const int count = (int)(d->num_examples - start < B ? d->num_examples - start : B);
+            for (int b = 0; b < count; b++) { idx[b] = start + b; }
+            fill_batch(&batch, d, idx, count, args->max_len, args->truncation, args->regression);
+            Batch inputs_only = batch; // no loss: the data may be unlabelled
+            inputs_only.labels = NULL;
+            inputs_only.targets = NULL;
+            gpt2_forward(model, &inputs_only, 1.0f, NULL);
+            memcpy(logits + (size_t)(start - first) * K, model->logits, (size_t)count * K * sizeof(float));
+        }
+        dp_merge_disjoint(logits, (size_t)round * K * sizeof(float));
+        for (int64_t i = first; f != NULL && i < d->num_examples && i < first + round; i++) {
+            const float *z = logits + (size_t)(i - first) * K;
+            fprintf(f, "%lld,%d,%d", (long long)i, d->labels[i], predicted_class(z, K));
             if (K == 1) { fprintf(f, ",%.6f", z[0]); }
             else {
                 float max_z = z[0];
@@ -2452,9 +2615,12 @@ void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     }
     batch_free(&batch);
     free(idx);
-    int ok = flush_to_disk(f) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || replace_file(tmp_path, args->output_path) != 0) { remove(tmp_path); fail("writing %s failed: %s", args->output_path, strerror(errno)); }
+    free(logits);
+    if (f != NULL) {
+        int ok = flush_to_disk(f) == 0;
+        ok = (fclose(f) == 0) && ok;
+        if (!ok || replace_file(tmp_path, args->output_path) != 0) { remove(tmp_path); fail("writing %s failed: %s", args->output_path, strerror(errno)); }
+    }
     free(tmp_path);
     printf("wrote predictions for %lld examples to %s\n", (long long)d->num_examples, args->output_path);
 }
@@ -2484,6 +2650,10 @@ void check_save_path(const char *path) {
 }
 
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
+    if (!dp_identical_on_all_ranks(model->params_memory, model->num_parameters)) {
+        fail("step %d: the ranks' parameters differ (their gradient sums differed); not saving", model->step);
+    }
+    if (dp_rank != 0) { return; } // rank 0 alone writes
     char *next = path_with_suffix(path, ".next");
     char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
     gpt2_save_checkpoint(model, next);
@@ -2497,13 +2667,16 @@ void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
 // The training loop: epochs of length-grouped batches, gradient accumulation,
 // clipping, AdamW with warmup and linear decay, periodic logs, evaluations
 // and checkpoints. Returns 1 when the run is complete, 0 when --stop-at-step
-// ended it early.
+// ended it early. Over MPI the data of a micro-step is a global batch of
+// dp_size x B examples, B on each rank (see the MPI section).
 int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
     const int B = args->batch_size, accum = args->grad_accum;
-    const int64_t batches_per_epoch = train_set->num_examples / B;
+    if ((int64_t)B * dp_size > 1 << 30) { fail("%d ranks x --batch-size %d is too large a batch", dp_size, B); }
+    const int global_B = B * dp_size;
+    const int64_t batches_per_epoch = train_set->num_examples / global_B;
     if (batches_per_epoch < accum) {
         fail("%s: %lld examples make fewer than --grad-accum %d batches of %d", train_set->path,
-             (long long)train_set->num_examples, accum, B);
+             (long long)train_set->num_examples, accum, global_B);
     }
     const int64_t steps_per_epoch = batches_per_epoch / accum;
     const int64_t planned = args->max_steps > 0 ? args->max_steps : steps_per_epoch * args->epochs;
@@ -2511,17 +2684,23 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     OptimizerConfig opt = args->opt;
     opt.total_steps = (int)planned;
     if (args->warmup_ratio > 0.0f && opt.warmup_steps == 0) { opt.warmup_steps = (int)ceil(args->warmup_ratio * planned); }
-    RunIdentity run = {model->step, opt.total_steps, B, accum, args->max_len, args->dropout, args->seed};
+    RunIdentity run = {model->step, opt.total_steps, global_B, accum, args->max_len, args->dropout, args->seed};
     if (args->resume_path != NULL) { load_training_state(model, args->resume_path, &run, model->step); }
     printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d, dropout %g\n",
            (long long)train_set->num_examples, (long long)steps_per_epoch, opt.total_steps, B, accum,
            args->max_len, opt.learning_rate, opt.warmup_steps, args->dropout);
+    if (dp_size > 1) {
+        printf("data parallel: %d ranks x batch %d = %d examples per micro-step, x %d accumulation = %d per update; "
+               "rank r takes examples %d r .. %d r + %d of each; one allreduce of %zu gradients (%.1f MB) per update\n",
+               dp_size, B, global_B, accum, global_B * accum, B, B, B - 1, model->num_parameters,
+               model->num_parameters * 4.0 / 1e6);
+    }
 
     int64_t *order = (int64_t *)malloc_or_die((size_t)train_set->num_examples * sizeof(int64_t), "epoch order");
     int order_epoch = -1;
     Batch batch = batch_alloc(B, args->max_len);
     const double start_time = seconds_now();
-    double log_time = start_time, log_loss = 0.0;
+    double log_time = start_time, log_loss = 0.0, allreduce_seconds = 0.0;
     long log_tokens = 0, log_positions = 0, log_padding = 0;
     int log_batches = 0, start_step = model->step;
     const int end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
@@ -2534,13 +2713,15 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             const int epoch = (int)(global / (steps_per_epoch * accum));
             const int64_t index = global % (steps_per_epoch * accum);
             if (epoch != order_epoch) {
-                epoch_order(order, train_set, B, args->max_len, args->seed, epoch);
+                epoch_order(order, train_set, global_B, args->max_len, args->seed, epoch);
                 order_epoch = epoch;
             }
-            const long padding = fill_batch(&batch, train_set, order + index * B, B, args->max_len,
-                                            args->truncation, args->regression);
-            const Dropout dropout = dropout_for_pass(args->dropout, args->seed, (uint64_t)global);
-            gpt2_forward(model, &batch, 1.0f / accum, &dropout);
+            const long padding = fill_batch(&batch, train_set, order + index * global_B + (int64_t)dp_rank * B, B,
+                                            args->max_len, args->truncation, args->regression);
+            Dropout dropout = dropout_for_pass(args->dropout, args->seed, (uint64_t)global);
+            dropout.first_example = dp_rank * B; // masks follow the example's place in the global batch
+            // the loss is the mean over all ranks' examples and the micro-steps
+            gpt2_forward(model, &batch, 1.0f / (float)(accum * dp_size), &dropout);
             if (!isfinite(model->loss)) {
                 fail("step %d: the loss is %f; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
                      step + 1, model->loss);
@@ -2551,6 +2732,11 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             log_positions += (long)batch.B * batch.T;
             log_padding += padding;
             log_tokens += (long)batch.B * batch.T - padding;
+        }
+        if (dp_size > 1) { // every rank gets the sum of the ranks' gradients
+            const double t0 = seconds_now();
+            dp_sum_floats(model->grads_memory, model->num_parameters);
+            allreduce_seconds += seconds_now() - t0;
         }
         const float lr = learning_rate_at(&opt, step);
         const float norm = gpt2_update(model, &opt, step);
@@ -2567,14 +2753,19 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
         run.step = model->step;
         const int done = model->step;
         if (done % args->log_every == 0 || done == end_step) {
+            double totals[4] = {log_loss / dp_size, (double)log_tokens, (double)log_positions, (double)log_padding};
+            dp_sum_doubles(totals, 4); // the mean loss and the token counts of all ranks
+            log_loss = totals[0];
+            log_tokens = (long)totals[1]; log_positions = (long)totals[2]; log_padding = (long)totals[3];
             const double now = seconds_now();
             const double elapsed = now - start_time;
             const double eta = elapsed / (done - start_step) * (opt.total_steps - done);
             char elapsed_s[32], eta_s[32];
             format_duration(elapsed_s, sizeof(elapsed_s), elapsed);
             format_duration(eta_s, sizeof(eta_s), eta);
-            printf("step %5d/%d | epoch %.2f | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | padding %.1f%% | %s elapsed, ETA %s\n",
-                   done, opt.total_steps, (double)done / steps_per_epoch, log_loss / log_batches, lr, norm,
+            const int loss_digits = args->log_digits > 0 ? args->log_digits : 4, norm_digits = args->log_digits > 0 ? args->log_digits : 3;
+            printf("step %5d/%d | epoch %.2f | loss %.*f | lr %.3e | grad norm %.*f | %.0f tok/s | padding %.1f%% | %s elapsed, ETA %s\n",
+                   done, opt.total_steps, (double)done / steps_per_epoch, loss_digits, log_loss / log_batches, lr, norm_digits, norm,
                    log_tokens / (now - log_time), 100.0 * log_padding / (log_positions > 0 ? log_positions : 1),
                    elapsed_s, eta_s);
             fflush(stdout);
@@ -2592,6 +2783,10 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
         }
     }
     if (args->save_path != NULL && model->step > start_step) { save_run(model, args->save_path, &run); }
+    if (dp_size > 1 && model->step > start_step) {
+        printf("data parallel: %d ranks, gradient allreduce %.4f s per update (%d updates)\n", dp_size,
+               allreduce_seconds / (model->step - start_step), model->step - start_step);
+    }
     batch_free(&batch);
     free(order);
     return model->step >= opt.total_steps;
@@ -2599,6 +2794,7 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    dp_init(&argc, &argv);
     Args args;
     parse_args(&args, argc, argv);
 #ifdef _OPENMP
@@ -2670,7 +2866,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    if (args.save_path != NULL) { check_save_path(args.save_path); }
+    if (args.save_path != NULL && dp_rank == 0) { check_save_path(args.save_path); }
     if (!train(&model, &train_set, &test_set, &args)) {
         printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
         dataset_close(&train_set);

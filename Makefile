@@ -91,7 +91,7 @@ test-c: all reference
 # mpirun runs 2 ranks, --oversubscribe (more ranks than cores is fine here).
 test-mpi: build/train_gpt2_sft_mpi train_gpt2_sft
 	bash dev/run_tests.sh "MPI: 2 ranks against one process, failing ranks::$(PYTHON) dev/test/test_mpi.py" \
-	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 8 --out-dir build/kill_save_mpi"
+	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 12 --out-dir build/kill_save_mpi"
 
 # The C test and the bad-input corpus under AddressSanitizer (with
 # LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.

@@ -5,6 +5,7 @@ checkpoint every step, and checks that the saved model survives every kill.
 
     python3 dev/test/test_kill_save.py [--binary ./train_gpt2_sft] [--kills 24] [--seed 20261129]
                                        [--out-dir build/kill_save] [--max-delay 2.5] [-v]
+                                       [--ranks N [--mpirun mpirun]]
 
 The model is small but not tiny (2 layers, 64 channels, 3.3M parameters: a
 13 MB checkpoint and a 26 MB .state), so one save (state, then checkpoint,
@@ -32,6 +33,13 @@ After each kill:
 Leftover P.next.tmp and P.state.tmp files (a kill during a write) are
 reported, and must not stop the next run from saving.
 
+With --ranks N (the MPI build, make MPI=1) every run is `mpirun -np N
+--oversubscribe` and the kill goes to one rank, drawn from the same seeded
+RNG: rank 0 (which alone writes the files) or another one, after which
+mpirun must end all ranks by itself, with a non-zero status, within 60 s
+(a rank killed while rank 0 saves makes mpirun end rank 0 mid-save). The
+checks on P and P.state are the same.
+
 Ends with "N passed, N failed" (one case per kill); exits 1 on any failure.
 """
 
@@ -39,6 +47,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +57,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_bad_inputs as mbi  # noqa: E402
 
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "==ERROR")
+
+
+def rank_pid(proc, rank, timeout):
+    """The pid of MPI rank `rank` among the children of mpirun (proc), found
+    by its OMPI_COMM_WORLD_RANK; waits up to `timeout` s for it to start."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid != proc.pid:
+                    continue
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    env = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ("OMPI_COMM_WORLD_RANK=%d" % rank).encode() in env:
+                return int(name)
+        time.sleep(0.02)
+    return None
 
 
 def main():
@@ -60,6 +92,8 @@ def main():
     parser.add_argument("--max-delay", type=float, default=2.5, help="seconds after the start, at most")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--ranks", type=int, default=0, help="run under mpirun -np N and kill one rank (MPI build)")
+    parser.add_argument("--mpirun", default="mpirun")
     args = parser.parse_args()
 
     binary = os.path.abspath(args.binary)
@@ -67,6 +101,15 @@ def main():
         print("error: %s is not an executable (build it first)" % args.binary)
         print("0 passed, 1 failed")
         return 1
+    launcher = [binary]
+    if args.ranks > 0:
+        mpirun = shutil.which(args.mpirun)
+        if mpirun is None:
+            print("error: %s not found (apt-get install openmpi-bin)" % args.mpirun)
+            print("0 passed, 1 failed")
+            return 1
+        launcher = [mpirun, "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else []) + \
+            ["-np", str(args.ranks), binary]
     out = os.path.abspath(args.out_dir)
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):
@@ -90,7 +133,7 @@ def main():
 
     def run(cmd, timeout=300):
         try:
-            p = subprocess.run([binary] + cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            p = subprocess.run(launcher + cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, "", "timed out after %ds" % timeout
@@ -103,6 +146,7 @@ def main():
     landed = {"checkpoint write": 0, "state write": 0, "between state and checkpoint": 0,
               "outside a save": 0, "before the first save": 0}
     mismatched = recovered = 0
+    killed_ranks = {}        # with --ranks: kills of each rank
     max_step = 0
     start_all = time.time()
     for k in range(args.kills):
@@ -115,22 +159,41 @@ def main():
         else:
             cmd = ["-m", base] + run_flags
             resume_from = None
+        victim = rng.randrange(args.ranks) if args.ranks > 0 else None
         log_path = path("run_%02d.log" % k)
+        problems = []
         with open(log_path, "wb") as log:
             launched = time.time()
-            proc = subprocess.Popen([binary] + cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(launcher + cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
             time.sleep(delay)
             early_exit = proc.poll()
-            if early_exit is None:
+            if early_exit is None and victim is None:
                 os.kill(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
+                rc = proc.wait()
+            elif early_exit is None:
+                pid = rank_pid(proc, victim, timeout=10)
+                if pid is None:
+                    problems.append("rank %d's process not found" % victim)
+                    proc.terminate()  # mpirun ends its ranks on SIGTERM
+                else:
+                    os.kill(pid, signal.SIGKILL)
+                    killed_ranks[victim] = killed_ranks.get(victim, 0) + 1
+                try:
+                    rc = proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    problems.append("mpirun did not end within 60 s of the kill of rank %d (a hang)" % victim)
+                    proc.terminate()
+                    rc = proc.wait()
+            else:
+                rc = early_exit
         with open(log_path, "r", errors="replace") as f:
             log_text = f.read()
-        problems = []
         if early_exit is not None:
             problems.append("the run ended by itself before the kill: exit %s: %s" % (early_exit, log_text.strip()[-300:]))
-        elif rc != -signal.SIGKILL:
+        elif victim is None and rc != -signal.SIGKILL:
             problems.append("unexpected status %s" % rc)
+        elif victim is not None and rc in (0, None):
+            problems.append("mpirun ended with status %s after rank %d was killed" % (rc, victim))
         if any(m in log_text for m in SANITIZER_MARKERS):
             problems.append("sanitizer report in the run's output")
         saves = len(re.findall(r"^saved ", log_text, re.M))
@@ -178,6 +241,8 @@ def main():
                     problems.append("%s holds step %s, %s step %s: not one save apart" % (state, s_step, P, p_step))
                 rc3, out3, err3 = run(["--resume", P] + run_flags, timeout=60)
                 lines = [line for line in err3.splitlines() if line.strip()]
+                if args.ranks > 0:  # mpirun adds its own lines about MPI_Abort
+                    lines = [line for line in lines if line.startswith("error:")]
                 if rc3 is None or rc3 <= 0 or len(lines) != 1 or not lines[0].startswith("error:") \
                         or state not in lines[0]:
                     problems.append("--resume of a mismatched pair was not refused cleanly: exit %s: %s"
@@ -190,8 +255,8 @@ def main():
                 problems.append("the run did not resume from %s at step %d" % (P, resume_from))
             if int(first_save.group(1)) != resume_from + 1:
                 problems.append("the resumed run first saved step %s, want %d" % (first_save.group(1), resume_from + 1))
-        desc = "kill %2d after %.2fs (%s, %d saves this run): P step %s, state step %s%s%s%s" % (
-            k + 1, delay, "resumed at step %d" % resume_from if resume_from is not None else "fresh run",
+        desc = "kill %2d%s after %.2fs (%s, %d saves this run): P step %s, state step %s%s%s%s" % (
+            k + 1, " (rank %d)" % victim if victim is not None else "", delay, "resumed at step %d" % resume_from if resume_from is not None else "fresh run",
             saves, p_step, s_step, ", state.prev step %s" % v_step if v_step is not None else "",
             ", checkpoint .tmp left" if p_tmp else "", ", state .tmp left" if s_tmp else "")
         if problems:
@@ -205,6 +270,9 @@ def main():
           "(refused by --resume): %d; pairs completed by P.state.prev: %d" % (
               args.binary, args.kills, time.time() - start_all, max_step,
               ", ".join("%s %d" % (k, v) for k, v in landed.items() if v), mismatched, recovered))
+    if args.ranks > 0:
+        print("under mpirun -np %d; SIGKILLs sent to %s" % (args.ranks, ", ".join(
+            "rank %d %d times" % (r, n) for r, n in sorted(killed_ranks.items())) or "no rank"))
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

@@ -52,8 +52,9 @@ test_sft.c can include this file.
 // `mpirun -np N train_gpt2_sft ...` runs N copies (ranks) of the program; each
 // maps the data and builds the same model. A micro-step's global batch is
 // N x --batch-size examples, exactly the batch one process takes with
-// --batch-size N x B, and rank r takes its examples r B .. r B + B - 1
-// (dropout masks are keyed by that global place). Each rank scales its loss
+// --batch-size N x B, and rank r takes its examples r, r + N, ..., r + (B-1) N
+// (a batch is sorted by length, so each rank gets as much work; dropout masks
+// are keyed by the example's global place). Each rank scales its loss
 // by 1/N, so after one in-place MPI_Allreduce summing the gradients (once per
 // update, after the --grad-accum micro-steps) every rank holds the gradient of
 // the mean loss over the global batch, and makes the same AdamW update.
@@ -617,12 +618,13 @@ static inline uint64_t mix64(uint64_t z) {
 typedef struct {
     float p;           // probability of dropping an element; 0: dropout off
     uint64_t key;      // this forward pass's key
-    int first_example; // place of the batch's first sequence in the global batch
-                       // (over MPI, rank x batch size; else 0): b in the mask index
+    // sequence b of the batch is sequence first_example + b example_stride of
+    // the global batch, the b of the mask index (over MPI: rank + b ranks)
+    int first_example, example_stride;
 } Dropout;
 
 Dropout dropout_for_pass(float p, uint64_t seed, uint64_t pass) {
-    Dropout d = {p, mix64(seed * HASH_GOLDEN + pass), 0};
+    Dropout d = {p, mix64(seed * HASH_GOLDEN + pass), 0, 1};
     return d;
 }
 
@@ -636,7 +638,7 @@ typedef struct {
     int max_seq_len;    // maxT: indices are positions in a (B, maxT, ...) tensor
     int T;              // rows r of an activation are positions (b, t) = (r / T, r % T) ...
     const int *lengths; // ... or, when set, (r, lengths[r] - 1): one row per sequence
-    int first_example;  // added to b: the sequence's place in the global batch
+    int first_example, example_stride; // b's place in the global batch, as in Dropout
 } DropoutSite;
 
 DropoutSite dropout_site(const Dropout *d, int site, int max_seq_len, int T, const int *lengths) {
@@ -648,7 +650,13 @@ DropoutSite dropout_site(const Dropout *d, int site, int max_seq_len, int T, con
     s.T = T;
     s.lengths = lengths;
     s.first_example = d->first_example;
+    s.example_stride = d->example_stride;
     return s;
+}
+
+// The place in the global batch of the batch's sequence b.
+static inline uint64_t dropout_example(const DropoutSite *s, int b) {
+    return (uint64_t)s->first_example + (uint64_t)b * s->example_stride;
 }
 
 // keep / (1-p) for the element at `index`: scale or 0.
@@ -673,11 +681,11 @@ void dropout_row(float *out, const float *x, const float *residual, const Dropou
 void dropout_apply(float *out, const float *x, const float *residual, const DropoutSite *s, int rows, int C) {
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
-        const int b = s->first_example + (s->lengths != NULL ? r : r / s->T);
+        const uint64_t b = dropout_example(s, s->lengths != NULL ? r : r / s->T);
         const int t = s->lengths != NULL ? s->lengths[r] - 1 : r % s->T;
         const size_t row = (size_t)r * C;
         dropout_row(out + row, x + row, residual != NULL ? residual + row : NULL, s,
-                    ((uint64_t)b * s->max_seq_len + t) * C, C);
+                    (b * s->max_seq_len + t) * C, C);
     }
 }
 
@@ -692,7 +700,7 @@ const float *dropout_backward(float *scratch, const float *dout, const DropoutSi
 // The attention probability (b,h,t,u) has index ((b NH + h) maxT + t) maxT + u
 // (b counted in the global batch); this is the index of u = 0.
 static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, int h, int NH, int t) {
-    return (((uint64_t)(s->first_example + b) * NH + h) * s->max_seq_len + t) * s->max_seq_len;
+    return ((dropout_example(s, b) * NH + h) * s->max_seq_len + t) * s->max_seq_len;
 }
 
 // Row t of attention probabilities after dropout, for keys u = 0..t of head h
@@ -1708,7 +1716,7 @@ void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale, const Dropo
     gpt2_ensure_buffers(model, B, T);
     model->B = B; model->T = T;
     model->tokens = batch->tokens; model->lengths = batch->lengths;
-    model->dropout = dropout != NULL ? *dropout : (Dropout){0.0f, 0, 0};
+    model->dropout = dropout != NULL ? *dropout : (Dropout){0.0f, 0, 0, 1};
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
 
@@ -2691,12 +2699,13 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
            args->max_len, opt.learning_rate, opt.warmup_steps, args->dropout);
     if (dp_size > 1) {
         printf("data parallel: %d ranks x batch %d = %d examples per micro-step, x %d accumulation = %d per update; "
-               "rank r takes examples %d r .. %d r + %d of each; one allreduce of %zu gradients (%.1f MB) per update\n",
-               dp_size, B, global_B, accum, global_B * accum, B, B, B - 1, model->num_parameters,
+               "rank r takes examples r, r + %d, ..., r + %d of each; one allreduce of %zu gradients (%.1f MB) per update\n",
+               dp_size, B, global_B, accum, global_B * accum, dp_size, (B - 1) * dp_size, model->num_parameters,
                model->num_parameters * 4.0 / 1e6);
     }
 
     int64_t *order = (int64_t *)malloc_or_die((size_t)train_set->num_examples * sizeof(int64_t), "epoch order");
+    int64_t *share = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "batch share");
     int order_epoch = -1;
     Batch batch = batch_alloc(B, args->max_len);
     const double start_time = seconds_now();
@@ -2716,10 +2725,14 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
                 epoch_order(order, train_set, global_B, args->max_len, args->seed, epoch);
                 order_epoch = epoch;
             }
-            const long padding = fill_batch(&batch, train_set, order + index * global_B + (int64_t)dp_rank * B, B,
-                                            args->max_len, args->truncation, args->regression);
+            // this rank's share: examples dp_rank, dp_rank + N, ... of the global batch
+            // (a batch is sorted by length: every rank gets long and short ones)
+            for (int b = 0; b < B; b++) { share[b] = order[index * global_B + dp_rank + (int64_t)b * dp_size]; }
+            const long padding = fill_batch(&batch, train_set, share, B, args->max_len, args->truncation,
+                                            args->regression);
             Dropout dropout = dropout_for_pass(args->dropout, args->seed, (uint64_t)global);
-            dropout.first_example = dp_rank * B; // masks follow the example's place in the global batch
+            dropout.first_example = dp_rank; // masks follow the example's place in the global batch
+            dropout.example_stride = dp_size;
             // the loss is the mean over all ranks' examples and the micro-steps
             gpt2_forward(model, &batch, 1.0f / (float)(accum * dp_size), &dropout);
             if (!isfinite(model->loss)) {
@@ -2789,6 +2802,7 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     }
     batch_free(&batch);
     free(order);
+    free(share);
     return model->step >= opt.total_steps;
 }
 

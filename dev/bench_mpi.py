@@ -13,8 +13,10 @@ each line); the first step (allocation, first touch) is left out. Prints per
 configuration: seconds per step, tokens/s (real tokens, padding excluded),
 the gradient allreduce's seconds per update as the trainer measures it
 (including any wait for the slower rank), the speedup over 1 process x 1
-thread and the efficiency (speedup / cores used). Standard library only.
-The machine may be shared with other jobs: the figures are of one run each.
+thread and the efficiency (speedup / cores used). With --repeat R the
+configurations run R times in turn and each keeps its fastest run. The load
+average before and after is printed: on a machine shared with other jobs the
+figures move from run to run. Standard library only.
 """
 import argparse
 import os
@@ -59,7 +61,9 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="updates per configuration [small 40, 124m 4]")
     ap.add_argument("--train", default=os.path.join(ROOT, "data", "imdb", "imdb_train.bin"))
     ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--bind-to", default="core", help="mpirun --bind-to: core (Open MPI's default for 2 ranks) or none")
     ap.add_argument("--no-baseline", action="store_true", help="skip 1 process x 1 thread")
+    ap.add_argument("--repeat", type=int, default=1, help="run the configurations R times in turn, keep each one's fastest")
     args = ap.parse_args()
     steps = args.steps or (40 if args.model == "small" else 4)
     if steps < 2:
@@ -70,7 +74,7 @@ def main():
     mpirun = shutil.which(args.mpirun)
     if mpirun is None:
         sys.exit("%s not found (apt-get install openmpi-bin)" % args.mpirun)
-    launcher = [mpirun] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    launcher = [mpirun, "--bind-to", args.bind_to] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     flags, global_batch = MODELS[args.model]
     common = flags + ["--train", args.train, "--test", args.train, "--max-steps", "100000",
                       "--stop-at-step", str(steps), "--log-every", "1"]
@@ -78,10 +82,11 @@ def main():
                ("2 ranks x 1 thread", launcher + ["-np", "2", os.path.join(ROOT, "build", "train_gpt2_sft_mpi")], 1, 2)]
     if not args.no_baseline:
         configs.insert(0, ("1 process x 1 thread", [os.path.join(ROOT, "train_gpt2_sft")], 1, 1))
-    print("model %s (%s), global batch %d, %d updates per configuration, steps 2..%d timed; %d CPUs"
-          % (args.model, " ".join(flags[:2]), global_batch, steps, steps, os.cpu_count()))
-    results = {}
-    for name, prefix, threads, ranks in configs:
+    print("model %s (%s), global batch %d, %d updates per configuration, steps 2..%d timed; %d CPUs; "
+          "load average %.2f" % (args.model, " ".join(flags[:2]), global_batch, steps, steps, os.cpu_count(),
+                                 os.getloadavg()[0]))
+    results, parameters = {}, 0
+    for name, prefix, threads, ranks in configs * args.repeat:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         cmd = prefix + common + ["--batch-size", str(global_batch // ranks), "--threads", str(threads)]
         arrivals, rates, out = timed_run(cmd, env)
@@ -90,13 +95,18 @@ def main():
         intervals = [b - a for a, b in zip(arrivals, arrivals[1:])]  # steps 2..n
         seconds = sum(intervals)
         tokens = sum(r * t for r, t in zip(rates[1:], intervals))
+        m = re.search(r"one allreduce of (\d+) gradients", out)
+        if m:
+            parameters = int(m.group(1))
         m = re.search(r"gradient allreduce ([\d.]+) s per update", out)
         allreduce = float(m.group(1)) if m else None
-        results[name] = (seconds / len(intervals), tokens / seconds, allreduce, threads * ranks,
-                         statistics.median(intervals))
+        if name not in results or seconds / len(intervals) < results[name][0]:
+            results[name] = (seconds / len(intervals), tokens / seconds, allreduce, threads * ranks,
+                             statistics.median(intervals))
         print("  %-22s %.4f s/step (median %.4f), %.0f tok/s%s" % (
             name, seconds / len(intervals), statistics.median(intervals), tokens / seconds,
             ", allreduce %.4f s/update" % allreduce if allreduce is not None else ""), flush=True)
+    print("load average after: %.2f" % os.getloadavg()[0])
     base = results.get("1 process x 1 thread")
     print("\n| configuration | s/step | tokens/s | allreduce s/update | speedup vs 1x1 | efficiency |")
     print("|---|---|---|---|---|---|")
@@ -108,6 +118,27 @@ def main():
     a, b = results["2 ranks x 1 thread"], results["1 process x 2 threads"]
     print("\n2 ranks x 1 thread / 1 process x 2 threads: %.2fx the tokens/s; allreduce %.1f%% of a 2-rank step"
           % (a[1] / b[1], 100 * a[2] / a[0] if a[2] is not None else float("nan")))
+    print_model(parameters, b[0], global_batch)
+
+
+def print_model(parameters, step, batch):
+    """A model, not a measurement: N nodes like this machine, each computing a
+    batch of `batch` in `step` seconds (measured: 1 process x 2 threads), then
+    a ring allreduce of the float32 gradients, each node sending and
+    receiving 2 (N-1)/N x 4 P bytes at the link's full speed, with no overlap
+    of computation and communication and no latency term."""
+    nbytes = 4 * parameters
+    print("\nmodelled, not measured: N nodes, each a batch of %d in %.3f s (measured above, 1 process x 2 threads), "
+          "then a ring allreduce of 4 x %d bytes = %.1f MB (each node sends 2(N-1)/N of it), no overlap"
+          % (batch, step, parameters, nbytes / 1e6))
+    print("\n| nodes | global batch | allreduce at 10 Gbit/s | step | efficiency | allreduce at 100 Gbit/s | step | efficiency |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in (1, 2, 4, 8, 16, 32, 64):
+        row = ["%d" % n, "%d" % (n * batch)]
+        for gbit in (10, 100):
+            comm = 2 * (n - 1) / n * nbytes / (gbit * 1e9 / 8)
+            row += ["%.3f s" % comm, "%.3f s" % (step + comm), "%.0f%%" % (100 * step / (step + comm))]
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

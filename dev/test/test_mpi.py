@@ -205,7 +205,7 @@ def main():
     rcn, outn, errn, _ = ranks(N, many + ["--save", p("many.bin")])
     check(f"{N} ranks, --batch-size {b}: 10 steps", rcn == 0 and len(steps_of(outn)) == 10, (outn + errn)[-600:])
     check(f"{N} ranks print how the batch is split",
-          f"data parallel: {N} ranks x batch {b} = {N * b} examples per micro-step, x 2 accumulation = {2 * N * b} per update"
+          f"data parallel: {N} ranks x batch {b} = {N * b} examples per micro-step, x 2 accumulation = {2 * N * b} per update; rank r takes examples r, r + {N}"
           in outn, outn[-600:])
     s1, sn = steps_of(out1), steps_of(outn)
     if len(s1) == len(sn) == 10:

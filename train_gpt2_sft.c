@@ -2776,7 +2776,8 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             char elapsed_s[32], eta_s[32];
             format_duration(elapsed_s, sizeof(elapsed_s), elapsed);
             format_duration(eta_s, sizeof(eta_s), eta);
-            const int loss_digits = args->log_digits > 0 ? args->log_digits : 4, norm_digits = args->log_digits > 0 ? args->log_digits : 3;
+            const int loss_digits = args->log_digits > 0 ? args->log_digits : 4;
+            const int norm_digits = args->log_digits > 0 ? args->log_digits : 3;
             printf("step %5d/%d | epoch %.2f | loss %.*f | lr %.3e | grad norm %.*f | %.0f tok/s | padding %.1f%% | %s elapsed, ETA %s\n",
                    done, opt.total_steps, (double)done / steps_per_epoch, loss_digits, log_loss / log_batches, lr, norm_digits, norm,
                    log_tokens / (now - log_time), 100.0 * log_padding / (log_positions > 0 ? log_positions : 1),

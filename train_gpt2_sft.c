@@ -47,11 +47,11 @@ test_sft.c can include this file.
 // ----------------------------------------------------------------------------
 // Data parallelism over MPI: all of the program's MPI code, compiled only by
 // `make MPI=1` (mpicc -DUSE_MPI). The default build is one process: dp_size
-// is 1 and every function below does nothing.
+// is 1 and every function below does nothing (dp_exit_failure just exits).
 //
 // `mpirun -np N train_gpt2_sft ...` runs N copies (ranks) of the program; each
 // maps the data and builds the same model. A micro-step's global batch is
-// N x --batch-size examples, exactly the batch one process takes with
+// N x B examples (B = --batch-size), exactly the batch one process takes with
 // --batch-size N x B, and rank r takes its examples r, r + N, ..., r + (B-1) N
 // (a batch is sorted by length, so each rank gets as much work; dropout masks
 // are keyed by the example's global place). Each rank scales its loss

@@ -253,30 +253,67 @@ void gemm_reference(int M, int N, int K, StridedMatrix a, StridedMatrix b, float
     }
 }
 
-// The register tile must fit the vector registers: 6 x 64 floats is 24 of the
-// 32 AVX-512 registers; elsewhere (AVX2, NEON: 16 or 32 registers of 4 or 8
-// floats) 6 x 16 is the safe choice. Measured with dev/bench_sft.c.
+// The micro-kernel holds an (MR x NR) tile of C in vector registers and adds
+// one outer product a[k,:]^T b[k,:] to it per step of k: NR/VF vector loads of
+// B, MR broadcasts of A, MR*NR/VF fused multiply-adds. It is written with
+// explicit vectors (GCC/Clang vector extensions) where the compiler has them,
+// so the tile is kept in registers of the width the CPU has whatever the
+// compiler's auto-vectorizer prefers, and in plain C elsewhere.
+//   AVX-512:  32 registers of 16 floats, tile 12 x 32: 24 accumulators
+//   AVX/AVX2: 16 registers of 8 floats,  tile  6 x 16: 12 accumulators
+//   SSE/NEON: 16-32 registers of 4,      tile  6 x 8:  12 accumulators
+// -DGEMM_PORTABLE selects the plain-C kernel on any compiler, -DGEMM_REFERENCE
+// the triple loop above; test_sft checks each against gemm_reference.
+#if !defined(GEMM_PORTABLE) && !defined(GEMM_REFERENCE) && defined(__GNUC__) && !defined(__TINYC__)
+#if defined(__AVX512F__)
+#define GEMM_VECTOR_BYTES 64
+#define GEMM_ISA "AVX-512"
+#elif defined(__AVX__)
+#define GEMM_VECTOR_BYTES 32
+#define GEMM_ISA "AVX2/AVX"
+#elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__) || defined(__riscv)
+#define GEMM_VECTOR_BYTES 16
+#define GEMM_ISA "128-bit vectors"
+#endif
+#endif
+#ifdef GEMM_VECTOR_BYTES
+typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
+// clang otherwise splits the vectors into halves where it prefers 256-bit ones
+#if defined(__clang__)
+#define GEMM_FULL_WIDTH __attribute__((min_vector_width(GEMM_VECTOR_BYTES * 8)))
+#else
+#define GEMM_FULL_WIDTH
+#endif
+#define GEMM_VF (GEMM_VECTOR_BYTES / 4) // floats per vector
 #ifndef GEMM_MR
-#define GEMM_MR 6    // rows of C held in registers by the micro-kernel
+#define GEMM_MR (GEMM_VECTOR_BYTES == 64 ? 12 : 6)
 #endif
 #ifndef GEMM_NR
-#if defined(__AVX512F__)
-#define GEMM_NR 64   // columns of C held in registers (four 512-bit vectors)
+#define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 32 : 2 * GEMM_VF)
+#endif
 #else
+#ifndef GEMM_ISA
+#define GEMM_ISA "portable C"
+#endif
+#ifndef GEMM_MR
+#define GEMM_MR 6
+#endif
+#ifndef GEMM_NR
 #define GEMM_NR 16
 #endif
 #endif
-// Block sizes, tuned on a 2-core AVX-512 machine with dev/bench_matmul.py: a
-// deep slice (all 768 channels of GPT-2 124M at once) means C is read and
-// written once per product, and 36 x 768 floats of A (108 KiB) stay in L2.
-#ifndef GEMM_MC
-#define GEMM_MC 36   // rows of A packed per block (multiple of GEMM_MR)
-#endif
+// Block sizes (Goto/BLIS): a (KC x NR) panel of B stays in L1 while the
+// micro-kernel streams the MR-tall panels of an (MC x KC) block of A from L2
+// over it; the (KC x NC) block of B stays in L2/L3. Tuned with
+// dev/bench_matmul.py on AVX-512 (48 KiB L1, 2 MiB L2) and AVX2 builds.
 #ifndef GEMM_KC
-#define GEMM_KC 768  // depth of one packed slice
+#define GEMM_KC 256  // depth of one packed slice: the B panel is KC*NR*4 bytes
+#endif
+#ifndef GEMM_MC
+#define GEMM_MC (GEMM_MR * 40) // rows of A packed per block (multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 1024 // columns of B packed per block (multiple of GEMM_NR)
+#define GEMM_NC 3072 // columns of B packed per block (multiple of GEMM_NR)
 #endif
 
 // Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:
@@ -311,9 +348,52 @@ void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int
     pack_panel(panel, b, col0, cols, k0, kc, GEMM_NR);
 }
 
-// The micro-kernel: acc (MR,NR) = sum_k a[k,:]^T b[k,:] (outer products), then
-// C[0:rows, 0:cols] = acc or += acc. The fixed-size loops let the compiler keep
-// acc in vector registers and emit one fused multiply-add per (i, j-vector).
+#ifdef GEMM_VECTOR_BYTES
+#define GEMM_NV (GEMM_NR / GEMM_VF) // vectors per row of the tile
+// the same vector at any float-aligned address (C and the panels need no more)
+typedef float gemm_vector_unaligned __attribute__((vector_size(GEMM_VECTOR_BYTES), aligned(4), may_alias));
+static inline gemm_vector vector_load(const float *p) { return *(const gemm_vector_unaligned *)p; }
+static inline void vector_store(float *p, gemm_vector v) { *(gemm_vector_unaligned *)p = v; }
+
+// acc (MR,NR) = sum_k a[k,:]^T b[k,:];  C[0:rows, 0:cols] = [C +] acc
+GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
+                      float *restrict c, long ldc, int rows, int cols, int accumulate) {
+    gemm_vector acc[GEMM_MR][GEMM_NV];
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int v = 0; v < GEMM_NV; v++) { acc[i][v] = (gemm_vector){0}; }
+        // C's rows are far apart (ldc) and rarely cached: start fetching them
+        // now so that the update at the end does not wait for memory
+        __builtin_prefetch(c + i * ldc, 1);
+        __builtin_prefetch(c + i * ldc + GEMM_NR - 1, 1);
+    }
+    for (int k = 0; k < kc; k++) {
+        gemm_vector bk[GEMM_NV];
+        for (int v = 0; v < GEMM_NV; v++) { bk[v] = vector_load(b + k * GEMM_NR + v * GEMM_VF); }
+        for (int i = 0; i < GEMM_MR; i++) {
+            const float ai = a[k * GEMM_MR + i];
+            for (int v = 0; v < GEMM_NV; v++) { acc[i][v] += bk[v] * ai; } // ai is broadcast
+        }
+    }
+    if (rows == GEMM_MR && cols == GEMM_NR) { // a whole tile: vector stores
+        for (int i = 0; i < GEMM_MR; i++) {
+            for (int v = 0; v < GEMM_NV; v++) {
+                float *cv = c + i * ldc + v * GEMM_VF;
+                vector_store(cv, accumulate ? vector_load(cv) + acc[i][v] : acc[i][v]);
+            }
+        }
+        return;
+    }
+    float tile[GEMM_MR][GEMM_NR]; // an edge tile: only rows x cols of it are C
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int v = 0; v < GEMM_NV; v++) { vector_store(tile[i] + v * GEMM_VF, acc[i][v]); }
+    }
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < cols; j++) { c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j]; }
+    }
+}
+#else
+// The same in plain C: the fixed-size loops let a compiler keep acc in
+// registers and emit one multiply-add per (i, j).
 void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
                       float *restrict c, long ldc, int rows, int cols, int accumulate) {
     float acc[GEMM_MR][GEMM_NR];
@@ -329,13 +409,10 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
     }
     for (int i = 0; i < rows; i++) {
         float *ci = c + i * ldc;
-        if (accumulate) {
-            for (int j = 0; j < cols; j++) { ci[j] += acc[i][j]; }
-        } else {
-            for (int j = 0; j < cols; j++) { ci[j] = acc[i][j]; }
-        }
+        for (int j = 0; j < cols; j++) { ci[j] = accumulate ? ci[j] + acc[i][j] : acc[i][j]; }
     }
 }
+#endif
 
 // C[row0:row0+rows, col0:col0+cols] (+)= packed A block . packed B block.
 void gemm_packed_block(const float *a_panels, const float *b_panels, int kc, int rows, int cols,

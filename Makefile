@@ -4,6 +4,7 @@
 #   make run        build, prepare IMDB, fine-tune, evaluate (see README)
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
 #   make asan / make ubsan   the C tests under AddressSanitizer / UndefinedBehaviorSanitizer
+#   make test-builds         the C test built for each instruction set (AVX-512, AVX2, SSE2, ...)
 
 SHELL := /bin/bash
 CC ?= cc
@@ -21,7 +22,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c run asan ubsan fuzz clean reference FORCE
+.PHONY: all test test-c test-builds run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -73,6 +74,11 @@ test: all reference build/npm/node_modules/js-tiktoken
 # the C tests alone (CI also runs them as `make NO_OMP=1 test-c`)
 test-c: all reference
 	bash dev/run_tests.sh $(C_SUITES)
+
+# test_sft built for every instruction set this CPU runs (AVX-512, AVX2, SSE2,
+# the portable and reference kernels), with gcc and clang: the tiny test each
+test-builds: reference
+	bash dev/test_builds.sh
 
 # The C test and the bad-input corpus under AddressSanitizer (with
 # LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.

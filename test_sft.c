@@ -336,6 +336,7 @@ static void check_checkpoint_round_trip(GPT2 *model) {
 }
 
 int main(int argc, char **argv) {
+    printf("matmul kernel: %s, tile %dx%d\n", GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR);
     if (argc < 3) {
         fprintf(stderr, "usage: %s MODEL.bin DEBUG_STATE.bin [DEBUG_STATE.bin ...]\n", argv[0]);
         return 2;

@@ -273,7 +273,7 @@ void gemm_reference(int M, int N, int K, StridedMatrix a, StridedMatrix b, float
 #define GEMM_ISA "AVX2/AVX"
 #elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__) || defined(__riscv)
 #define GEMM_VECTOR_BYTES 16
-#define GEMM_ISA "128-bit vectors"
+#define GEMM_ISA "128-bit"
 #endif
 #endif
 #ifdef GEMM_VECTOR_BYTES
@@ -292,9 +292,6 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 32 : 2 * GEMM_VF)
 #endif
 #else
-#ifndef GEMM_ISA
-#define GEMM_ISA "portable C"
-#endif
 #ifndef GEMM_MR
 #define GEMM_MR 6
 #endif
@@ -347,6 +344,14 @@ void pack_a(float *panels, StridedMatrix a, int row0, int rows, int k0, int kc) 
 void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int kc) {
     pack_panel(panel, b, col0, cols, k0, kc, GEMM_NR);
 }
+
+#if defined(GEMM_REFERENCE)
+#define GEMM_KERNEL_NAME "reference triple loop"
+#elif defined(GEMM_VECTOR_BYTES)
+#define GEMM_KERNEL_NAME GEMM_ISA " vectors"
+#else
+#define GEMM_KERNEL_NAME "portable C"
+#endif
 
 #ifdef GEMM_VECTOR_BYTES
 #define GEMM_NV (GEMM_NR / GEMM_VF) // vectors per row of the tile
@@ -2684,6 +2689,7 @@ int main(int argc, char **argv) {
 #else
     if (args.threads > 1) { fprintf(stderr, "warning: built without OpenMP; --threads ignored\n"); }
 #endif
+    printf("matmul kernel: %s, tile %dx%d\n", GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR);
     Dataset train_set, test_set;
     const int training = args.predict_path == NULL;
     int data_labels = 0;

@@ -151,7 +151,7 @@ static double bench_peak(void) {
         const double gflops = 2.0 * PEAK_LANES * PEAK_CHAINS * (double)rounds * max_threads() / (seconds_now() - t0) * 1e-9;
         if (gflops > best) { best = gflops; }
     }
-    printf("peak: %s, %d-float vectors, %d threads: %.1f GFLOP/s (%.1f per thread) [checksum %.3g]\n", GEMM_ISA,
+    printf("peak: %s, %d-float vectors, %d threads: %.1f GFLOP/s (%.1f per thread) [checksum %.3g]\n", GEMM_KERNEL_NAME,
            PEAK_LANES, max_threads(), best, best / max_threads(), sink);
     printf("result: peak gflops %.2f threads %d\n", best, max_threads());
     return best;
@@ -256,7 +256,7 @@ static void print_build(void) {
     const char *compiler = "unknown";
 #endif
     printf("build: cpu \"%s\" compiler \"%s\" matmul %s tile %dx%d blocks MC %d KC %d NC %d threads %d\n", cpu, compiler,
-           GEMM_ISA, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, max_threads());
+           GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, max_threads());
 }
 
 int main(int argc, char **argv) {

@@ -299,18 +299,20 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #define GEMM_NR 16
 #endif
 #endif
-// Block sizes (Goto/BLIS): a (KC x NR) panel of B stays in L1 while the
-// micro-kernel streams the MR-tall panels of an (MC x KC) block of A from L2
-// over it; the (KC x NC) block of B stays in L2/L3. Tuned with
-// dev/bench_matmul.py on AVX-512 (48 KiB L1, 2 MiB L2) and AVX2 builds.
+// Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
+// (MR x KC, 12 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
+// read and written in long runs of the same rows (pages stay in the TLB);
+// the (MC x KC) block of A waits in L2/L3. Tuned with dev/bench_matmul.py at
+// the GPT-2 124M shapes on AVX-512 (48 KiB L1, 2 MiB L2).
 #ifndef GEMM_KC
-#define GEMM_KC 256  // depth of one packed slice: the B panel is KC*NR*4 bytes
+#define GEMM_KC 256  // depth of one packed slice
 #endif
 #ifndef GEMM_MC
-#define GEMM_MC (GEMM_MR * 40) // rows of A packed per block (multiple of GEMM_MR)
+#define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 3072 // columns of B packed per block (multiple of GEMM_NR)
+#define GEMM_NC 768  // columns of B packed per block (a multiple of GEMM_NR)
 #endif
 
 // Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:
@@ -422,8 +424,8 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
 // C[row0:row0+rows, col0:col0+cols] (+)= packed A block . packed B block.
 void gemm_packed_block(const float *a_panels, const float *b_panels, int kc, int rows, int cols,
                        float *c, long ldc, int accumulate) {
-    for (int j = 0; j < cols; j += GEMM_NR) {
-        for (int i = 0; i < rows; i += GEMM_MR) {
+    for (int i = 0; i < rows; i += GEMM_MR) {
+        for (int j = 0; j < cols; j += GEMM_NR) {
             gemm_microkernel(kc, a_panels + (size_t)i * kc, b_panels + (size_t)j * kc, c + (long)i * ldc + j, ldc,
                              rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR, accumulate);
         }
@@ -446,22 +448,31 @@ int thread_id(void) {
 #endif
 }
 
-// Packing buffers, one A block and one B block per thread, allocated once.
-#define GEMM_THREAD_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_NC * GEMM_KC)
-static float *gemm_workspace = NULL;
+// Packing buffers, one A block and one B block per thread, allocated once and
+// aligned to 64 bytes (a cache line), so that no vector load of a packed panel
+// of B straddles two lines (each panel is a multiple of 64 bytes long).
+#define GEMM_ALIGN_FLOATS 16
+#define GEMM_ROUND_UP(n) (((n) + GEMM_ALIGN_FLOATS - 1) / GEMM_ALIGN_FLOATS * GEMM_ALIGN_FLOATS)
+#define GEMM_A_BLOCK_FLOATS GEMM_ROUND_UP((size_t)GEMM_MC * GEMM_KC)
+#define GEMM_THREAD_FLOATS (GEMM_A_BLOCK_FLOATS + GEMM_ROUND_UP((size_t)GEMM_NC * GEMM_KC))
+static void *gemm_workspace_memory = NULL; // as allocated
+static float *gemm_workspace = NULL;       // its first 64-byte boundary
 static int gemm_workspace_threads = 0;
 
 // Call outside parallel regions, before any gemm.
 void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
-    free(gemm_workspace);
-    gemm_workspace = (float *)malloc_or_die(threads * GEMM_THREAD_FLOATS * sizeof(float), "gemm workspace");
+    free(gemm_workspace_memory);
+    gemm_workspace_memory = malloc_or_die((threads * GEMM_THREAD_FLOATS + GEMM_ALIGN_FLOATS) * sizeof(float), "gemm workspace");
+    const uintptr_t line = GEMM_ALIGN_FLOATS * sizeof(float);
+    gemm_workspace = (float *)(((uintptr_t)gemm_workspace_memory + line - 1) / line * line);
     gemm_workspace_threads = threads;
 }
 
 void gemm_workspace_release(void) {
-    free(gemm_workspace);
+    free(gemm_workspace_memory);
+    gemm_workspace_memory = NULL;
     gemm_workspace = NULL;
     gemm_workspace_threads = 0;
 }
@@ -478,7 +489,7 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
         return;
     }
     float *a_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
-    float *b_panels = a_panels + (size_t)GEMM_MC * GEMM_KC;
+    float *b_panels = a_panels + GEMM_A_BLOCK_FLOATS;
     for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
         const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
         for (int k0 = 0; k0 < K; k0 += GEMM_KC) {

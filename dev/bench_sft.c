@@ -142,9 +142,9 @@ GEMM_FULL_WIDTH static float peak_chains(long rounds, float seed) {
 }
 
 static double bench_peak(void) {
-    const long rounds = 20 * 1000 * 1000 / PEAK_CHAINS;
+    const long rounds = 1000L * 1000 * 1000 / PEAK_CHAINS; // 0.1-0.3 s per repetition
     double best = 0.0, sink = 0.0;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
         const double t0 = seconds_now();
         #pragma omp parallel reduction(+:sink)
         sink += peak_chains(rounds, (float)(1 + thread_id()));

@@ -39,7 +39,7 @@ for cc in gcc clang; do
         name=${build%%:*}; flags=${build#*:}
         if ! can_run $cc "$flags"; then echo "SKIP $cc $name: this CPU or compiler cannot run $flags"; continue; fi
         bin=$OUT/test_sft_${cc}_$name
-        if ! $cc -O3 $flags -ffp-contract=fast -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fopenmp \
+        if ! $cc -O3 $flags -ffp-contract=fast -fno-math-errno -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fopenmp \
                 -o "$bin" "$ROOT/test_sft.c" -lm 2>"$bin.log"; then
             echo "FAIL $cc $name: build ($bin.log)"; cat "$bin.log"; failed=$((failed + 1)); continue
         fi

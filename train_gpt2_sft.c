@@ -70,22 +70,23 @@ void *calloc_or_die(size_t count, size_t size, const char *what) {
 }
 
 // ----------------------------------------------------------------------------
-// Platform: the only OS-specific code. Files are memory-mapped read-only where
-// mmap exists (POSIX) and read into memory elsewhere (e.g. Windows), and
-// written files are flushed to disk before the rename that publishes them.
+// Platform: the only OS-specific code. PLATFORM_POSIX selects POSIX (mmap,
+// fsync, rename, clock_gettime); otherwise (Windows) files are read into
+// memory and _commit, MoveFileEx and QueryPerformanceCounter stand in. Written
+// files are flushed to disk before the rename that publishes them.
 
 #if defined(_WIN32)
 #define WIN32_LEAN_AND_MEAN
 #define NOMINMAX
 #include <windows.h>
 #include <io.h>
-#define PLATFORM_HAS_MMAP 0
+#define PLATFORM_POSIX 0
 #else
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define PLATFORM_HAS_MMAP 1
+#define PLATFORM_POSIX 1
 #endif
 
 typedef struct {
@@ -97,7 +98,7 @@ typedef struct {
 // Maps `path` read-only. Returns 0 on success, or -1 with errno set.
 int map_file(MappedFile *file, const char *path) {
     file->data = NULL; file->size = 0; file->is_mapped = 0;
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     int fd = open(path, O_RDONLY);
     if (fd < 0) { return -1; }
     struct stat st;
@@ -127,7 +128,7 @@ int map_file(MappedFile *file, const char *path) {
 }
 
 void unmap_file(MappedFile *file) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     if (file->is_mapped) { munmap((void *)file->data, file->size); }
 #else
     free((void *)file->data);
@@ -138,7 +139,7 @@ void unmap_file(MappedFile *file) {
 // Makes the bytes written to f durable before the file is renamed into place.
 int flush_to_disk(FILE *f) {
     if (fflush(f) != 0) { return -1; }
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     if (fsync(fileno(f)) != 0) { return -1; }
 #else
     if (_commit(_fileno(f)) != 0) { return -1; }
@@ -149,7 +150,7 @@ int flush_to_disk(FILE *f) {
 // Renames `from` to `to`, replacing `to` if it exists (Windows' rename fails
 // then). Returns 0, or -1 with errno set.
 int replace_file(const char *from, const char *to) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     return rename(from, to);
 #else
     if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) { return 0; }
@@ -185,7 +186,7 @@ void write_file_atomically(const char *path, const void *header, size_t header_b
 
 // Wall-clock seconds from an arbitrary origin, for timing only.
 double seconds_now(void) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -494,7 +495,8 @@ static inline uint64_t mix64(uint64_t z) {
 }
 
 // Dropout of one forward pass. Pass number `pass` of a run with seed `seed`
-// has key mix64(seed * G + pass); training pass k of update s is s * A + k.
+// has key mix64(seed * G + pass), G = HASH_GOLDEN. With A micro-batches per
+// update (--grad-accum A), micro-batch k of update s is pass s * A + k.
 typedef struct {
     float p;      // probability of dropping an element; 0: dropout off
     uint64_t key; // this forward pass's key
@@ -572,12 +574,12 @@ static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, 
 }
 
 // Row t of attention probabilities after dropout, for keys u = 0..t of head h
-// of sequence b: dropped[u] = p[u] * keep(b,h,t,u) / (1-p). The same mask
-// takes a gradient row dP' to dP (dropped may be p).
-void dropout_attention_row(float *dropped, const float *p, const DropoutSite *s, int b, int h, int NH, int t) {
+// of sequence b: dropped[u] = probs[u] * keep(b,h,t,u) / (1-p), p the drop
+// probability. The same mask takes a gradient row dP' to dP (dropped may be probs).
+void dropout_attention_row(float *dropped, const float *probs, const DropoutSite *s, int b, int h, int NH, int t) {
     const DropoutSite site = *s; // a local copy, as in dropout_row
     const uint64_t base = dropout_attention_row_index(&site, b, h, NH, t);
-    for (int u = 0; u <= t; u++) { dropped[u] = p[u] * dropout_factor(&site, base + u); }
+    for (int u = 0; u <= t; u++) { dropped[u] = probs[u] * dropout_factor(&site, base + u); }
 }
 
 // ----------------------------------------------------------------------------
@@ -914,9 +916,9 @@ void gelu_backward_inplace(float *d, const float *inp, size_t n) {
 // Attention in the last block, where only each sequence's last real
 // position t = lengths[b]-1 matters (it alone reaches the head): one query
 // per (b, h) against the keys and values of positions 0..t.
-//   p[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u p'[u] v_u
-// with p' = dropout(p) (p itself when dropout is off).
-// q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps p.
+//   probs[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u probs'[u] v_u
+// with probs' = dropout(probs) (probs itself when dropout is off).
+// q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps probs.
 void last_attention_forward(float *out, float *att, const float *q, const float *qkv, const int *lengths,
                             int B, int T, int C, int NH, const DropoutSite *drop) {
     const int hs = C / NH;
@@ -927,30 +929,31 @@ void last_attention_forward(float *out, float *att, const float *q, const float 
             const int t = lengths[b] - 1;
             const float *qh = q + (size_t)b * C + h * hs;
             const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
-            float *p = att + ((size_t)b * NH + h) * T;
+            float *probs = att + ((size_t)b * NH + h) * T;
             float max_score = -FLT_MAX;
             for (int u = 0; u <= t; u++) {
                 float dot = 0.0f;
                 for (int i = 0; i < hs; i++) { dot += qh[i] * k[(size_t)u * 3 * C + i]; }
-                p[u] = dot * scale;
-                if (p[u] > max_score) { max_score = p[u]; }
+                probs[u] = dot * scale;
+                if (probs[u] > max_score) { max_score = probs[u]; }
             }
             float sum = 0.0f;
-            for (int u = 0; u <= t; u++) { p[u] = exp_fast(p[u] - max_score); sum += p[u]; }
-            for (int u = 0; u <= t; u++) { p[u] /= sum; }
+            for (int u = 0; u <= t; u++) { probs[u] = exp_fast(probs[u] - max_score); sum += probs[u]; }
+            for (int u = 0; u <= t; u++) { probs[u] /= sum; }
             const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float *o = out + (size_t)b * C + h * hs;
             for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
-                const float p_dropped = drop != NULL ? p[u] * dropout_factor(drop, mask_base + u) : p[u];
-                for (int i = 0; i < hs; i++) { o[i] += p_dropped * v[(size_t)u * 3 * C + i]; }
+                const float dropped = drop != NULL ? probs[u] * dropout_factor(drop, mask_base + u) : probs[u];
+                for (int i = 0; i < hs; i++) { o[i] += dropped * v[(size_t)u * 3 * C + i]; }
             }
         }
     }
 }
 
 // Its backward, from dO (B,C), as attention_backward:
-//   dv_u = p'[u] dO;   dp[u] = (dO . v_u) * keep[u] / (1-p);   ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]) / sqrt(hs)
+//   dv_u = probs'[u] dO;   dprobs[u] = (dO . v_u) * keep[u] / (1-p)   (p: the drop probability)
+//   ds[u] = probs[u] (dprobs[u] - sum_w probs[w] dprobs[w]) / sqrt(hs)
 //   dq = sum_u ds[u] k_u;   dk_u = ds[u] q
 // dq (B,C) is overwritten; so are the k and v parts of dqkv (B,T,3C), zero
 // past each sequence's last position. The q part of dqkv is not used.
@@ -967,20 +970,20 @@ void last_attention_backward(float *dq, float *dqkv, const float *dout, const fl
             const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
             float *dk = dqkv + (size_t)b * T * 3 * C + C + h * hs, *dv = dk + C;
             float *dqh = dq + (size_t)b * C + h * hs;
-            const float *p = att + ((size_t)b * NH + h) * T;
+            const float *probs = att + ((size_t)b * NH + h) * T;
             const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float weighted_sum = 0.0f;
-            for (int u = 0; u <= t; u++) { // dv, and dp kept in dk's first slot for now
+            for (int u = 0; u <= t; u++) { // dv, and dprobs kept in dk's first slot for now
                 const float factor = drop != NULL ? dropout_factor(drop, mask_base + u) : 1.0f; // keep / (1-p)
                 float dot = 0.0f;
                 for (int i = 0; i < hs; i++) { dot += dO[i] * v[(size_t)u * 3 * C + i]; }
-                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = p[u] * factor * dO[i]; }
+                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = probs[u] * factor * dO[i]; }
                 dk[(size_t)u * 3 * C] = dot * factor;
-                weighted_sum += p[u] * dot * factor;
+                weighted_sum += probs[u] * dot * factor;
             }
             for (int i = 0; i < hs; i++) { dqh[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
-                const float ds = p[u] * (dk[(size_t)u * 3 * C] - weighted_sum) * scale;
+                const float ds = probs[u] * (dk[(size_t)u * 3 * C] - weighted_sum) * scale;
                 for (int i = 0; i < hs; i++) {
                     dqh[i] += ds * k[(size_t)u * 3 * C + i];
                     dk[(size_t)u * 3 * C + i] = ds * qh[i];
@@ -1185,7 +1188,8 @@ void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[N
     }
 }
 
-// Buffers of the backward pass that hold one layer at a time.
+// Scratch that holds one layer at a time: the gradients of the backward pass,
+// and temporaries of both passes (gelu, branch and att_scratch).
 typedef struct {
     float *dresidual; // (B,T,C)   dL/d(residual stream), flows down through the layers
     float *dln;       // (B,T,C)   dL/d(LayerNorm output)
@@ -1194,7 +1198,7 @@ typedef struct {
     float *dfch;      // (B,T,4C)  dL/d(GELU output), then dL/d(fch)
     float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
     float *branch;    // (B,T,C)   with dropout: a residual branch before dropout, or its gradient
-    float *dscores;   // (threads, 2 ATTENTION_BLOCK, T)  attention's scratch
+    float *att_scratch; // (threads, 2 ATTENTION_BLOCK, T)  attention's blocks, forward and backward
     float *dpooled;   // (B,C)
     float *dlogits;   // (B,K)
     float *dlast;     // (B,C)     dL/d(last block's residual stream) at the last positions
@@ -1238,21 +1242,10 @@ typedef struct {
 } Batch;
 
 // ----------------------------------------------------------------------------
-// Checkpoints.
-//
-// Read: llm.c's GPT-2 checkpoint (magic 20240326, version 3: float32,
-// vocabulary padded to a multiple of 128), with no head; or this program's
-// fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
-// in header[8], the number of updates done in header[9], and the head
-// `score` (K,C) after the last llm.c tensor.
+// Random numbers: a small, seedable RNG (xorshift64*), so that initialisation
+// and the data order are reproducible everywhere. (Dropout masks do not use
+// it: they are hashes, see the dropout section.)
 
-#define LLMC_MAGIC 20240326
-#define LLMC_VERSION 3
-#define SFT_MAGIC 20261128
-#define SFT_VERSION 1
-#define HEADER_INTS 256
-
-// A small, seedable RNG (xorshift64*) so runs are reproducible everywhere.
 uint64_t rng_next(uint64_t *state) {
     *state ^= *state >> 12;
     *state ^= *state << 25;
@@ -1267,6 +1260,21 @@ float rng_normal(uint64_t *state) { // Box-Muller
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
 }
 uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL; }
+
+// ----------------------------------------------------------------------------
+// Checkpoints.
+//
+// Read: llm.c's GPT-2 checkpoint (magic 20240326, version 3: float32,
+// vocabulary padded to a multiple of 128), with no head; or this program's
+// fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
+// in header[8], the number of updates done in header[9], and the head
+// `score` (K,C) after the last llm.c tensor.
+
+#define LLMC_MAGIC 20240326
+#define LLMC_VERSION 3
+#define SFT_MAGIC 20261128
+#define SFT_VERSION 1
+#define HEADER_INTS 256
 
 // The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
 void init_classifier_head(float *score, size_t n, uint64_t seed) {
@@ -1435,7 +1443,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
                                            (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
                                            B * C, B * K, B * C, B * C, B * C};
     float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
-                                      &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.dscores,
+                                      &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.att_scratch,
                                       &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
                                       &model->bufs.dlast_q, &model->bufs.dlast_ln1};
     size_t buf_total = 0;
@@ -1517,7 +1525,7 @@ void block_forward(GPT2 *model, int l, const float *input) {
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
     fill_rows_with_bias(qkv, 3 * C, p.qkvb + l * 3 * C, N, 3 * C);
     matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
-    attention_forward(atty, att, model->bufs.dscores, qkv, B, T, C, NH, drop.probs);
+    attention_forward(atty, att, model->bufs.att_scratch, qkv, B, T, C, NH, drop.probs);
     residual_branch_forward(residual2, input, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C,
                             branch, N, C, C, drop.attention);
 
@@ -1651,7 +1659,7 @@ void block_backward(GPT2 *model, int l, const float *input) {
     const float *dattention = dropout_backward(d.branch, d.dresidual, drop.attention, N, C);
     matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     atty, p.attprojw + (size_t)l * C * C, N, C, C);
-    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH, drop.probs);
+    attention_backward(d.dqkv, d.att_scratch, d.datty, qkv, att, B, T, C, NH, drop.probs);
     matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
                     ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
     layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,

@@ -1,5 +1,6 @@
 # Build, test and run train_gpt2_sft.
 #   make            build the trainer and the test
+#   make check      the C self-check: matmul and gradient checks, needs only a C compiler
 #   make test       build, generate missing reference files (PyTorch), run every test suite
 #   make run        build, prepare IMDB, fine-tune, evaluate (see README)
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
@@ -21,7 +22,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c run asan ubsan fuzz clean reference FORCE
+.PHONY: all check test test-c run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -55,6 +56,7 @@ build/npm/node_modules/js-tiktoken:
 	npm install --prefix build/npm --no-audit --no-fund js-tiktoken@1.0.21
 
 C_SUITES = \
+  "C self-check: matmul, gradients by central differences::./test_sft" \
   "C, tiny model::./test_sft $(REF_TINY)" \
   "C, GPT-2 124M shapes::./test_sft $(REF_124M)" \
   "training program: resume, threads, predict::$(PYTHON) dev/test/test_train_cli.py" \
@@ -66,6 +68,10 @@ PYTHON_SUITES = \
   "prepro_imdb.py::$(PYTHON) dev/test_prepro.py" \
   "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
   "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
+
+# ./test_sft without arguments: no PyTorch, no reference files
+check: test_sft
+	./test_sft
 
 test: all reference build/npm/node_modules/js-tiktoken
 	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)

@@ -64,8 +64,8 @@ C_SUITES = \
   "SIGKILL during checkpoint saves::$(PYTHON) dev/test/test_kill_save.py --binary ./train_gpt2_sft"
 PYTHON_SUITES = \
   "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
-  "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
-  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py" \
+  "tokenizer vs js-tiktoken::$(PYTHON) dev/test/test_tokenizer.py" \
+  "prepro_imdb.py::$(PYTHON) dev/test/test_prepro.py" \
   "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
   "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
 
@@ -80,19 +80,17 @@ test: all reference build/npm/node_modules/js-tiktoken
 test-c: all reference
 	bash dev/run_tests.sh $(C_SUITES)
 
-# The C test and the bad-input corpus under AddressSanitizer (with
-# LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.
+# The C tests (self-check and tiny model) and the bad-input corpus under
+# AddressSanitizer (with LeakSanitizer) or UndefinedBehaviorSanitizer; any
+# report fails. One rule for both: SAN is the -fsanitize= value.
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fno-sanitize-recover=all
-asan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/test_sft_asan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/train_gpt2_sft_asan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, ASan::./build/test_sft_asan $(REF_TINY)" \
-	  "bad inputs, ASan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_asan --out-dir build/bad_inputs_asan"
-ubsan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/test_sft_ubsan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/train_gpt2_sft_ubsan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, UBSan::./build/test_sft_ubsan $(REF_TINY)" \
-	  "bad inputs, UBSan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_ubsan --out-dir build/bad_inputs_ubsan"
+asan: SAN = address
+ubsan: SAN = undefined
+asan ubsan: reference
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/test_sft_$@ test_sft.c $(LDLIBS)
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/train_gpt2_sft_$@ train_gpt2_sft.c $(LDLIBS)
+	bash dev/run_tests.sh "C self-check, $@::./build/test_sft_$@" "C test, $@::./build/test_sft_$@ $(REF_TINY)" \
+	  "bad inputs, $@::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_$@ --out-dir build/bad_inputs_$@"
 
 # libFuzzer on the checkpoint and dataset readers (clang), SECONDS each
 fuzz:

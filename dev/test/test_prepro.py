@@ -7,7 +7,7 @@ and bad inputs, which must each give a non-zero exit, a one-line error naming
 the file, no traceback and no output file.
 
 Run from anywhere (needs the GPT-2 files in ../shared/gpt2 or --vocab-dir):
-    python3 dev/test_prepro.py [-k substring] [--vocab-dir DIR]
+    python3 dev/test/test_prepro.py [-k substring] [--vocab-dir DIR]
 Ends with "N passed, N failed"; exit status 1 on any failure.
 """
 
@@ -26,7 +26,7 @@ import tempfile
 import threading
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.dont_write_bytecode = True   # keep the checkout free of __pycache__
 sys.path.insert(0, ROOT)
 import prepro_imdb as P  # noqa: E402

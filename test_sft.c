@@ -106,7 +106,8 @@ static void *copy_out(const MappedFile *f, size_t *offset, size_t bytes, const c
 // `cfg` is the model's configuration; the head size comes from the state.
 static void load_debug_state(DebugState *s, const char *path, GPT2Config cfg) {
     MappedFile f;
-    if (map_file(&f, path) != 0) { fail("cannot open debug state %s: %s (run make test to generate it)", path, strerror(errno)); }
+    const char *why = map_file(&f, path);
+    if (why != NULL) { fail("cannot open debug state %s: %s (run make test to generate it)", path, why); }
     if (f.size < HEADER_INTS * 4 || read_i32(f.data) != DEBUG_MAGIC || read_i32(f.data + 4) != DEBUG_VERSION) {
         fail("%s: not a version %d debug state (delete build/ref and run make test to regenerate it)", path, DEBUG_VERSION);
     }
@@ -674,8 +675,8 @@ int main(int argc, char **argv) {
     MappedFile model_file;
     char error[256];
     int has_head, step;
-    require_little_endian();
-    if (map_file(&model_file, model_path) != 0) { fail("cannot open %s: %s", model_path, strerror(errno)); }
+    const char *why = map_file(&model_file, model_path);
+    if (why != NULL) { fail("cannot open %s: %s", model_path, why); }
     if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, error, sizeof(error))) {
         fail("%s: %s", model_path, error);
     }

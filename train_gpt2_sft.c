@@ -95,35 +95,56 @@ typedef struct {
     int is_mapped;             // 1: munmap on close, 0: free on close
 } MappedFile;
 
-// Maps `path` read-only. Returns 0 on success, or -1 with errno set.
-int map_file(MappedFile *file, const char *path) {
-    file->data = NULL; file->size = 0; file->is_mapped = 0;
+#define NOT_A_REGULAR_FILE "not a regular file (a device, FIFO or socket)"
+
+// Why `path` is no file to read or replace, or NULL when it is a regular file
+// or does not exist (opening it then says why). Asked before any open: opening
+// a FIFO for reading blocks until a writer appears, and renaming a finished
+// file over /dev/null would replace the device.
+const char *not_a_regular_file(const char *path) {
 #if PLATFORM_POSIX
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { return -1; }
     struct stat st;
-    if (fstat(fd, &st) != 0) { close(fd); return -1; }
-    if (!S_ISREG(st.st_mode)) { close(fd); errno = EISDIR; return -1; }
+    if (stat(path, &st) != 0 || S_ISREG(st.st_mode)) { return NULL; }
+    return S_ISDIR(st.st_mode) ? "is a directory" : NOT_A_REGULAR_FILE;
+#else
+    const DWORD attributes = GetFileAttributesA(path);
+    return attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) ? "is a directory" : NULL;
+#endif
+}
+
+// Maps `path` read-only. Returns NULL on success, else the reason it failed.
+const char *map_file(MappedFile *file, const char *path) {
+    file->data = NULL; file->size = 0; file->is_mapped = 0;
+    const char *special = not_a_regular_file(path);
+    if (special != NULL) { return special; }
+#if PLATFORM_POSIX
+    // O_NONBLOCK: should path have become a FIFO since the stat, open returns at once and fstat refuses it
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) { return strerror(errno); }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { const int error = errno; close(fd); return strerror(error); }
+    if (!S_ISREG(st.st_mode)) { close(fd); return NOT_A_REGULAR_FILE; }
     file->size = (size_t)st.st_size;
-    if (file->size == 0) { close(fd); file->data = (const unsigned char *)""; return 0; }
+    if (file->size == 0) { close(fd); file->data = (const unsigned char *)""; return NULL; }
     void *p = mmap(NULL, file->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int error = errno;
     close(fd);
-    if (p == MAP_FAILED) { return -1; }
+    if (p == MAP_FAILED) { return strerror(error); }
     file->data = (const unsigned char *)p;
     file->is_mapped = 1;
-    return 0;
+    return NULL;
 #else
     FILE *f = fopen(path, "rb");
-    if (f == NULL) { return -1; }
-    if (_fseeki64(f, 0, SEEK_END) != 0) { fclose(f); return -1; }
+    if (f == NULL) { return strerror(errno); }
+    if (_fseeki64(f, 0, SEEK_END) != 0) { fclose(f); return "cannot seek"; }
     const long long size = _ftelli64(f); // ftell's long is 32 bits on Windows
-    if (size < 0 || _fseeki64(f, 0, SEEK_SET) != 0) { fclose(f); return -1; }
+    if (size < 0 || _fseeki64(f, 0, SEEK_SET) != 0) { fclose(f); return "cannot seek"; }
     file->size = (size_t)size;
     unsigned char *buffer = (unsigned char *)malloc_or_die(file->size, path);
-    if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); errno = EIO; return -1; }
+    if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); return "read error"; }
     fclose(f);
     file->data = buffer;
-    return 0;
+    return NULL;
 #endif
 }
 
@@ -1379,9 +1400,8 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     model->loss = -1.0f;
     require_little_endian();
     MappedFile file;
-    if (map_file(&file, path) != 0) {
-        fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, strerror(errno));
-    }
+    const char *why = map_file(&file, path);
+    if (why != NULL) { fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, why); }
     char error[256];
     int has_head, step;
     if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, error, sizeof(error))) {
@@ -1924,6 +1944,7 @@ void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq
 #define DATA_MAGIC 20261127
 #define DATA_VERSION 1
 #define DATA_HEADER_BYTES 1024
+#define MAX_STARS 10 // star ratings are 1..MAX_STARS, 0 when unrated
 
 typedef struct {
     const char *path;
@@ -1935,12 +1956,12 @@ typedef struct {
     const int64_t *offsets;  // (N) start of each example in tokens
     const int32_t *lengths;  // (N)
     const int32_t *labels;   // (N) 0..num_labels-1, or -1 when unlabelled
-    const int32_t *stars;    // (N) 1..10, 0 when unknown
+    const int32_t *stars;    // (N) 1..MAX_STARS, 0 when unrated
     const uint16_t *tokens;  // (num_tokens)
 } Dataset;
 
 // Checks a dataset held in memory completely (header, sizes, offsets,
-// lengths, labels, every token id) and points d's arrays into it. Returns 1,
+// lengths, labels, star ratings, every token id) and points d's arrays into it. Returns 1,
 // or 0 with the reason in `error`. vocab_size: the model's, which the data
 // must have been tokenized for; 0 when the model is not known yet.
 int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_size, char *error, size_t error_size) {
@@ -1984,6 +2005,10 @@ int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_siz
             snprintf(error, error_size, "example %zu has label %d, out of range for %d labels", i, label, d->num_labels);
             return 0;
         }
+        if (d->stars[i] < 0 || d->stars[i] > MAX_STARS) { // regression trains on them
+            snprintf(error, error_size, "example %zu has star rating %d, out of range 0..%d (0: unrated)", i, d->stars[i], MAX_STARS);
+            return 0;
+        }
         next += d->lengths[i];
     }
     if (next != d->num_tokens) {
@@ -2004,7 +2029,8 @@ void dataset_open(Dataset *d, const char *path, int vocab_size) {
     memset(d, 0, sizeof(*d));
     d->path = path;
     require_little_endian();
-    if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
+    const char *why = map_file(&d->file, path);
+    if (why != NULL) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, why); }
     char error[256];
     if (!dataset_parse(d, d->file.data, d->file.size, vocab_size, error, sizeof(error))) { fail("%s: %s", path, error); }
 }
@@ -2238,7 +2264,7 @@ void save_training_state(const GPT2 *model, const char *checkpoint_path, const R
 
 int state_file_has_step(const char *path, int step) {
     MappedFile f;
-    if (map_file(&f, path) != 0) { return 0; }
+    if (map_file(&f, path) != NULL) { return 0; }
     const int ok = f.size >= HEADER_INTS * 4 && read_i32(f.data) == STATE_MAGIC && read_i32(f.data + 8) == step;
     unmap_file(&f);
     return ok;
@@ -2251,7 +2277,8 @@ void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIden
         if (state_file_has_step(prev, checkpoint_step)) { free(path); path = prev; } else { free(prev); }
     }
     MappedFile f;
-    if (map_file(&f, path) != 0) { fail("cannot open %s to resume: %s", path, strerror(errno)); }
+    const char *why = map_file(&f, path);
+    if (why != NULL) { fail("cannot open %s to resume: %s", path, why); }
     if (f.size < HEADER_INTS * 4 || read_i32(f.data) != STATE_MAGIC || read_i32(f.data + 4) != STATE_VERSION) {
         fail("%s: not a version %d training state", path, STATE_VERSION);
     }
@@ -2428,6 +2455,8 @@ void format_duration(char *out, size_t n, double seconds) {
 // regression) for every example of a dataset, in file order.
 void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     const int K = model->config.num_labels, B = args->batch_size;
+    const char *special = not_a_regular_file(args->output_path);
+    if (special != NULL) { fail("--output %s: %s; give a file name", args->output_path, special); }
     char *tmp_path = path_with_suffix(args->output_path, ".tmp");
     FILE *f = fopen(tmp_path, "w");
     if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
@@ -2478,17 +2507,14 @@ void print_eval(const char *tag, int step, const EvalResult *r) {
 // Fails at the start, not after hours of training, when --save PATH could
 // not be written: PATH.tmp must be creatable and PATH must not be a directory.
 void check_save_path(const char *path) {
+    const char *special = not_a_regular_file(path);
+    if (special != NULL) { fail("--save %s: %s; give a file name", path, special); }
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
     if (f == NULL) { fail("--save %s: cannot create %s: %s", path, tmp_path, strerror(errno)); }
     fclose(f);
     remove(tmp_path);
     free(tmp_path);
-    f = fopen(path, "r+b"); // opens an existing file without changing it; creates nothing
-    if (f != NULL) { fclose(f); }
-#ifdef EISDIR
-    else if (errno == EISDIR) { fail("--save %s: is a directory; give a file name", path); }
-#endif
 }
 
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {

@@ -145,6 +145,7 @@ def good_examples(n=8, seed=2, max_len=24, num_labels=2):
 def ds_offset_pos(n, i): return DATA_HEADER_BYTES + 8 * i
 def ds_length_pos(n, i): return DATA_HEADER_BYTES + 8 * n + 4 * i
 def ds_label_pos(n, i): return DATA_HEADER_BYTES + 12 * n + 4 * i
+def ds_stars_pos(n, i): return DATA_HEADER_BYTES + 16 * n + 4 * i
 def ds_token_pos(n, j): return DATA_HEADER_BYTES + 20 * n + 2 * j
 
 
@@ -189,7 +190,8 @@ def build_corpus(out_dir):
              optional "keep": a file whose bytes must be unchanged by the run,
              optional "then": further argument lists run after an "ok" run,
              optional "saved" (and "save_every"): the --save checkpoint to check after the run,
-             optional "saved_step": [checkpoint, the step it must hold]}."""
+             optional "saved_step": [checkpoint, the step it must hold],
+             optional "timeout": seconds for this run (for inputs that could block)}."""
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
@@ -372,6 +374,10 @@ def build_corpus(out_dir):
     ds.append(("data_label_int_min", patched(good, ds_label_pos(n, n - 1), "<i", -2 ** 31)))
     ds.append(("data_unlabelled_with_label", patched(dataset_bytes(good_examples(num_labels=0), num_labels=0),
                                                       ds_label_pos(n, 1), "<i", 0)))
+    # star ratings are 0..10 (0: unrated); --task regression trains on them
+    ds.append(("data_stars_11", patched(good, ds_stars_pos(n, 3), "<i", 11)))
+    ds.append(("data_stars_minus1", patched(good, ds_stars_pos(n, 0), "<i", -1)))
+    ds.append(("data_stars_int_max", patched(good, ds_stars_pos(n, n - 1), "<i", 2 ** 31 - 1)))
     ds.append(("data_length_0", patched(good, ds_length_pos(n, 0), "<i", 0)))
     ds.append(("data_length_negative", patched(good, ds_length_pos(n, 2), "<i", -3)))
     ds.append(("data_length_past_end", patched(good, ds_length_pos(n, n - 1), "<i", 1000)))
@@ -399,6 +405,8 @@ def build_corpus(out_dir):
         error(name + "_as_test", train_args(test=name + ".bin"), name + ".bin")
         error(name + "_as_predict", ["--predict", name + ".bin", "--output", "p.csv", "-m", "tiny_sft.bin",
                                      "--max-len", "16", "--threads", "1"], name + ".bin")
+    error("data_stars_int_max_regression", train_args(model="tiny_sft_reg.bin", train="data_stars_int_max.bin",
+                                                      extra=["--task", "regression"]), "data_stars_int_max.bin")
     error("data_unlabelled_as_train", train_args(train="unlabelled.bin"), "unlabelled.bin")
     error("data_too_few_examples", train_args(train="one_example.bin"), "one_example.bin")
     # evaluation data whose labels the model cannot have: must be refused, naming the file
@@ -408,6 +416,27 @@ def build_corpus(out_dir):
     error("test_is_directory", train_args(test="a_directory"), "a_directory")
     error("predict_is_directory", ["--predict", "a_directory", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
           "a_directory")
+    # anything but a regular file is refused before it is opened: /dev/null
+    # (a device) used to be reported as "Is a directory", and opening a FIFO
+    # for reading blocked until a writer came (hence the short timeout)
+    special = "not a regular file"
+    error("train_dev_null", train_args(train="/dev/null"), "/dev/null: " + special)
+    error("test_dev_null", train_args(test="/dev/null"), "/dev/null: " + special)
+    error("predict_dev_null", ["--predict", "/dev/null", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
+          "/dev/null: " + special)
+    error("ckpt_dev_null", train_args(model="/dev/null"), "/dev/null: " + special)
+    error("resume_dev_null", train_args(extra=["--resume", "/dev/null"]), "/dev/null: " + special)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(os.path.join(out_dir, "a_fifo"))
+        error("train_fifo", train_args(train="a_fifo"), "a_fifo: " + special, timeout=30)
+        error("predict_fifo", ["--predict", "a_fifo", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
+              "a_fifo: " + special, timeout=30)
+        error("ckpt_fifo", train_args(model="a_fifo"), "a_fifo: " + special, timeout=30)
+        # written files replace the path by a rename: never a FIFO or device
+        # (/dev/null itself is not tried: an unchecked rename as root would replace it)
+        error("save_onto_fifo", train_args(extra=["--save", "a_fifo"]), "--save a_fifo: " + special, timeout=30)
+        error("output_onto_fifo", ["--predict", "good.bin", "--output", "a_fifo", "-m", "tiny_sft.bin",
+                                   "--max-len", "16"], "--output a_fifo: " + special, timeout=30)
     error("train_missing", train_args(train="no_such_data.bin"), "no_such_data.bin")
     error("test_missing", train_args(test="no_such_data.bin"), "no_such_data.bin")
     error("predict_missing", ["--predict", "no_such_data.bin", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],

@@ -62,12 +62,12 @@ class Runner:
         self.binary, self.out_dir, self.timeout, self.verbose = binary, out_dir, timeout, verbose
         self.env_error, self.env_ok = sanitizer_env(False), sanitizer_env(True)
 
-    def run(self, args, must_succeed=False):
+    def run(self, args, must_succeed=False, timeout=None):
         start = time.time()
         try:
             p = subprocess.run([self.binary] + args, cwd=self.out_dir,
                                env=self.env_ok if must_succeed else self.env_error, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, timeout=self.timeout)
+                               stderr=subprocess.PIPE, timeout=min(self.timeout, timeout or self.timeout))
             rc, out, err = p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
         except subprocess.TimeoutExpired as e:
             rc, out, err = None, (e.stdout or b"").decode("utf-8", "replace"), (e.stderr or b"").decode("utf-8", "replace")
@@ -171,7 +171,7 @@ def run_case(runner, case):
     keep = case.get("keep")
     kept = open(runner.path(keep), "rb").read() if keep else None
     kind = case["kind"]
-    rc, out, err, took = runner.run(case["args"], must_succeed=kind == "ok")
+    rc, out, err, took = runner.run(case["args"], must_succeed=kind == "ok", timeout=case.get("timeout"))
     problems = []
     if kind == "error":
         problems = check_error_run(rc, out, err, case["expect"])

@@ -674,10 +674,10 @@ int main(int argc, char **argv) {
     GPT2Config cfg; // the model's shapes, read from its header alone
     MappedFile model_file;
     char error[256];
-    int has_head, step;
+    int has_head, step, has_moments;
     const char *why = map_file(&model_file, model_path);
     if (why != NULL) { fail("cannot open %s: %s", model_path, why); }
-    if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, error, sizeof(error))) {
+    if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, &has_moments, error, sizeof(error))) {
         fail("%s: %s", model_path, error);
     }
     unmap_file(&model_file);

@@ -188,17 +188,17 @@ char *path_with_suffix(const char *path, const char *suffix) {
     return s;
 }
 
-// Writes header and then n floats of a and of b (each optional) to path + ".tmp",
+// Writes header and then n floats of each of the `count` arrays to path + ".tmp",
 // flushes it to disk and renames it over `path`: an interrupted write never
 // destroys the file already there.
 void write_file_atomically(const char *path, const void *header, size_t header_bytes,
-                           const float *a, const float *b, size_t n) {
+                           const float *const *arrays, int count, size_t n) {
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
     if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
-    int ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
-             (a == NULL || fwrite(a, sizeof(float), n, f) == n) &&
-             (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
+    int ok = fwrite(header, 1, header_bytes, f) == header_bytes;
+    for (int i = 0; i < count && ok; i++) { ok = fwrite(arrays[i], sizeof(float), n, f) == n; }
+    ok = ok && flush_to_disk(f) == 0;
     ok = (fclose(f) == 0) && ok;
     if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
     if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
@@ -1289,13 +1289,15 @@ uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE
 // vocabulary padded to a multiple of 128), with no head; or this program's
 // fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
 // in header[8], the number of updates done in header[9], and the head
-// `score` (K,C) after the last llm.c tensor.
+// `score` (K,C) after the last llm.c tensor. When header[10] is 1 (a --save
+// of a training run) the AdamW moments follow, see "Training state" below.
 
 #define LLMC_MAGIC 20240326
 #define LLMC_VERSION 3
 #define SFT_MAGIC 20261128
 #define SFT_VERSION 1
 #define HEADER_INTS 256
+#define SFT_MOMENTS_SLOT 10 // header[10] = 1: the AdamW moments m and v follow the parameters
 
 // The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
 void init_classifier_head(float *score, size_t n, uint64_t seed) {
@@ -1345,9 +1347,10 @@ void validate_config(const GPT2Config *cfg, const char *source) {
 // Reads and checks a checkpoint's header against the file size, before any
 // allocation. `num_labels` is the head size wanted: for an llm.c checkpoint
 // (no head) it sets the head, 0 meaning 2; for a fine-tuned one it must be 0
-// or equal the file's. Returns 1, or 0 with the reason in `error`.
+// or equal the file's. *has_moments: whether the AdamW moments follow the
+// parameters. Returns 1, or 0 with the reason in `error`.
 int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labels, GPT2Config *cfg,
-                            int *has_head, int *step, char *error, size_t error_size) {
+                            int *has_head, int *step, int *has_moments, char *error, size_t error_size) {
     if (size < HEADER_INTS * 4) { snprintf(error, error_size, "file is %zu bytes, too small for a checkpoint header", size); return 0; }
     const int32_t magic = read_i32(data), version = read_i32(data + 4);
     if (magic == LLMC_MAGIC) {
@@ -1370,10 +1373,16 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
     cfg->channels = read_i32(data + 4 * 6);
     cfg->padded_vocab_size = read_i32(data + 4 * 7);
     *step = 0;
+    *has_moments = 0;
     if (*has_head) {
         cfg->num_labels = read_i32(data + 4 * 8);
         *step = read_i32(data + 4 * 9);
         if (*step < 0) { snprintf(error, error_size, "negative step count %d in the header", *step); return 0; }
+        *has_moments = read_i32(data + 4 * SFT_MOMENTS_SLOT);
+        if (*has_moments != 0 && *has_moments != 1) {
+            snprintf(error, error_size, "header[%d] is %d, not 0 or 1 (whether the AdamW moments follow)", SFT_MOMENTS_SLOT, *has_moments);
+            return 0;
+        }
         if (num_labels != 0 && num_labels != cfg->num_labels) {
             snprintf(error, error_size, "the checkpoint has %d labels but %d were requested", cfg->num_labels, num_labels);
             return 0;
@@ -1385,9 +1394,11 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
     size_t sizes[NUM_PARAMETER_TENSORS], stored = 0;
     parameter_sizes(sizes, *cfg);
     for (int i = 0; i < NUM_PARAMETER_TENSORS - (*has_head ? 0 : 1); i++) { stored += sizes[i]; }
-    if ((size - HEADER_INTS * 4) % sizeof(float) != 0 || (size - HEADER_INTS * 4) / sizeof(float) != stored) {
-        snprintf(error, error_size, "file is %zu bytes but its header describes %zu bytes (truncated, or wrong configuration)",
-                 size, HEADER_INTS * 4 + stored * sizeof(float));
+    // the parameters, or the parameters, m and v: compared by division, as 3 x stored may not fit a size_t
+    const size_t copies = *has_moments ? 3 : 1, payload = size - HEADER_INTS * 4;
+    if (payload % (copies * sizeof(float)) != 0 || payload / (copies * sizeof(float)) != stored) {
+        snprintf(error, error_size, "file is %zu bytes but its header describes %.0f bytes (truncated, or wrong configuration)",
+                 size, HEADER_INTS * 4 + (double)copies * sizeof(float) * (double)stored);
         return 0;
     }
     return 1;
@@ -1403,8 +1414,9 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     const char *why = map_file(&file, path);
     if (why != NULL) { fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, why); }
     char error[256];
-    int has_head, step;
-    if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, error, sizeof(error))) {
+    int has_head, step, has_moments; // the moments are read by load_training_state, for --resume only
+    if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, &has_moments,
+                                 error, sizeof(error))) {
         fail("%s: %s", path, error);
     }
     model->step = step;
@@ -1419,17 +1431,23 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     }
 }
 
-// Writes the fine-tuned checkpoint (write_file_atomically: an interrupted save
-// never destroys the old file).
-void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
-    int32_t header[HEADER_INTS];
-    memset(header, 0, sizeof(header));
+// The header of a fine-tuned checkpoint of the model, without moments.
+void sft_checkpoint_header(int32_t header[HEADER_INTS], const GPT2 *model) {
+    memset(header, 0, HEADER_INTS * sizeof(int32_t));
     const GPT2Config *cfg = &model->config;
     header[0] = SFT_MAGIC; header[1] = SFT_VERSION;
     header[2] = cfg->max_seq_len; header[3] = cfg->vocab_size; header[4] = cfg->num_layers;
     header[5] = cfg->num_heads; header[6] = cfg->channels; header[7] = cfg->padded_vocab_size;
     header[8] = cfg->num_labels; header[9] = model->step;
-    write_file_atomically(path, header, sizeof(header), model->params_memory, NULL, model->num_parameters);
+}
+
+// Writes the fine-tuned checkpoint, parameters only (write_file_atomically:
+// an interrupted save never destroys the old file). save_run adds the moments.
+void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
+    int32_t header[HEADER_INTS];
+    sft_checkpoint_header(header, model);
+    const float *const arrays[1] = {model->params_memory};
+    write_file_atomically(path, header, sizeof(header), arrays, 1, model->num_parameters);
 }
 
 // ----------------------------------------------------------------------------
@@ -2231,78 +2249,55 @@ void print_eval_details(const EvalResult *r) {
 }
 
 // ----------------------------------------------------------------------------
-// Training state for --resume: the AdamW moments and the step, beside the
-// checkpoint in PATH.state (format in dev/FORMATS.md section 2b). save_run
-// writes both so that an interrupted save leaves a matching pair; both record
-// the step, so a pair from different moments is refused.
-
-#define STATE_MAGIC 20261130
-#define STATE_VERSION 1
+// Training state for --resume, inside the checkpoint that --save writes
+// (dev/FORMATS.md section 2): header[10] = 1, the run's identity in
+// header[11..17], and after the parameters the AdamW moments m and v
+// (num_parameters each, parameter order). One file, written at once, cannot
+// pair parameters and moments of different steps.
 
 typedef struct {
-    int step;          // optimizer updates done
+    int step;          // optimizer updates done: the checkpoint's step
     int total_steps;
     int batch_size, grad_accum, max_len;
     float dropout;     // with the seed and the step, it fixes the dropout masks
     uint64_t seed;
 } RunIdentity;
 
-void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
-    int32_t header[HEADER_INTS];
-    memset(header, 0, sizeof(header));
-    header[0] = STATE_MAGIC; header[1] = STATE_VERSION;
-    header[2] = run->step; header[3] = run->total_steps;
-    header[4] = run->batch_size; header[5] = run->grad_accum; header[6] = run->max_len;
-    memcpy(header + 7, &run->dropout, 4);
-    const uint64_t n = model->num_parameters;
-    memcpy(header + 8, &n, 8);
-    memcpy(header + 10, &run->seed, 8);
-    char *path = path_with_suffix(checkpoint_path, ".state");
-    write_file_atomically(path, header, sizeof(header), model->m_memory, model->v_memory, model->num_parameters);
-    free(path);
-}
-
-int state_file_has_step(const char *path, int step) {
-    MappedFile f;
-    if (map_file(&f, path) != NULL) { return 0; }
-    const int ok = f.size >= HEADER_INTS * 4 && read_i32(f.data) == STATE_MAGIC && read_i32(f.data + 8) == step;
-    unmap_file(&f);
-    return ok;
-}
-
+// Loads the moments from checkpoint_path, from which the model was just
+// loaded at step `checkpoint_step`; the saved run must have the same identity.
 void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
-    char *path = path_with_suffix(checkpoint_path, ".state");
-    if (!state_file_has_step(path, checkpoint_step)) { // a save was interrupted: the previous state may match
-        char *prev = path_with_suffix(checkpoint_path, ".state.prev");
-        if (state_file_has_step(prev, checkpoint_step)) { free(path); path = prev; } else { free(prev); }
-    }
+    const char *path = checkpoint_path;
     MappedFile f;
     const char *why = map_file(&f, path);
     if (why != NULL) { fail("cannot open %s to resume: %s", path, why); }
-    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != STATE_MAGIC || read_i32(f.data + 4) != STATE_VERSION) {
-        fail("%s: not a version %d training state", path, STATE_VERSION);
+    GPT2Config cfg;
+    int has_head, step, has_moments;
+    char error[256];
+    if (!checkpoint_parse_header(f.data, f.size, model->config.num_labels, &cfg, &has_head, &step, &has_moments,
+                                 error, sizeof(error))) {
+        fail("%s: %s", path, error);
     }
-    uint64_t n, seed;
-    float dropout; // zero in states saved before dropout existed, which trained without it
-    memcpy(&dropout, f.data + 28, 4);
-    memcpy(&n, f.data + 32, 8);
-    memcpy(&seed, f.data + 40, 8);
-    const int step = read_i32(f.data + 8);
-    if (n != model->num_parameters || f.size != HEADER_INTS * 4 + 2 * n * sizeof(float)) {
-        fail("%s: size does not match the checkpoint's %zu parameters", path, model->num_parameters);
+    if (!has_moments) {
+        fail("%s: no optimizer state to resume from (--save writes it into the checkpoint; an older version's PATH.state is not read)", path);
     }
-    if (step != checkpoint_step) { fail("%s: state of step %d does not belong to the checkpoint of step %d", path, step, checkpoint_step); }
-    if (read_i32(f.data + 12) != run->total_steps || read_i32(f.data + 16) != run->batch_size ||
-        read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || dropout != run->dropout ||
-        seed != run->seed) {
+    const size_t n = model->num_parameters;
+    if (step != checkpoint_step || (f.size - HEADER_INTS * 4) / (3 * sizeof(float)) != n) {
+        fail("%s: changed while it was being loaded", path);
+    }
+    uint64_t seed;
+    float dropout;
+    memcpy(&dropout, f.data + 4 * 15, 4);
+    memcpy(&seed, f.data + 4 * 16, 8);
+    if (read_i32(f.data + 4 * 11) != run->total_steps || read_i32(f.data + 4 * 12) != run->batch_size ||
+        read_i32(f.data + 4 * 13) != run->grad_accum || read_i32(f.data + 4 * 14) != run->max_len ||
+        dropout != run->dropout || seed != run->seed) {
         fail("%s: --resume needs the same --epochs/--max-steps, --batch-size, --grad-accum, --max-len, --dropout and --seed as the saved run", path);
     }
     model->m_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW m");
     model->v_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW v");
-    memcpy(model->m_memory, f.data + HEADER_INTS * 4, n * sizeof(float));
-    memcpy(model->v_memory, f.data + HEADER_INTS * 4 + n * sizeof(float), n * sizeof(float));
+    memcpy(model->m_memory, f.data + HEADER_INTS * 4 + n * sizeof(float), n * sizeof(float));
+    memcpy(model->v_memory, f.data + HEADER_INTS * 4 + 2 * n * sizeof(float), n * sizeof(float));
     unmap_file(&f);
-    free(path);
 }
 
 // ----------------------------------------------------------------------------
@@ -2500,12 +2495,9 @@ void print_eval(const char *tag, int step, const EvalResult *r) {
     printf("%s step %d: examples %lld loss %.4f accuracy %.4f\n", tag, step, (long long)r->examples, r->loss, r->accuracy);
 }
 
-// The new checkpoint is written in full as PATH.next first; the state that
-// matches the checkpoint still at PATH is kept as PATH.state.prev; then the new
-// state and PATH.next are renamed into place. A kill at any moment leaves
-// PATH with a matching PATH.state or PATH.state.prev, which --resume finds.
 // Fails at the start, not after hours of training, when --save PATH could
-// not be written: PATH.tmp must be creatable and PATH must not be a directory.
+// not be written: PATH must be a regular file or not exist, and PATH.tmp
+// must be creatable.
 void check_save_path(const char *path) {
     const char *special = not_a_regular_file(path);
     if (special != NULL) { fail("--save %s: %s; give a file name", path, special); }
@@ -2517,14 +2509,21 @@ void check_save_path(const char *path) {
     free(tmp_path);
 }
 
+// The save protocol: the parameters, the run's identity and the AdamW moments
+// go into one file, PATH.tmp, which is flushed to disk and then renamed over
+// PATH (write_file_atomically). A run killed at any moment leaves PATH as it
+// was before the save or as it is after it, each loadable and resumable; at
+// worst a stale PATH.tmp stays behind, which the next save overwrites.
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
-    char *next = path_with_suffix(path, ".next");
-    char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
-    gpt2_save_checkpoint(model, next);
-    replace_file(state, prev); // fails harmlessly on the first save
-    save_training_state(model, path, run);
-    if (replace_file(next, path) != 0) { remove(next); fail("cannot rename %s to %s: %s", next, path, strerror(errno)); }
-    free(next); free(state); free(prev);
+    if (model->m_memory == NULL) { fail("save_run: no optimizer state before the first update"); }
+    int32_t header[HEADER_INTS];
+    sft_checkpoint_header(header, model);
+    header[SFT_MOMENTS_SLOT] = 1;
+    header[11] = run->total_steps; header[12] = run->batch_size; header[13] = run->grad_accum; header[14] = run->max_len;
+    memcpy(header + 15, &run->dropout, 4);
+    memcpy(header + 16, &run->seed, 8);
+    const float *const arrays[3] = {model->params_memory, model->m_memory, model->v_memory};
+    write_file_atomically(path, header, sizeof(header), arrays, 3, model->num_parameters);
     printf("saved %s (step %d)\n", path, model->step);
 }
 

@@ -231,20 +231,23 @@ def read_checkpoint(path):
     if magic == LLMC_MAGIC:
         if version != LLMC_VERSION:
             raise SFTError(f"{path}: llm.c checkpoint version {version}, expected {LLMC_VERSION} (float32)")
-        num_labels = None
+        num_labels, copies = None, 1
     elif magic == SFT_MAGIC:
         if version != SFT_VERSION:
             raise SFTError(f"{path}: SFT checkpoint version {version}, expected {SFT_VERSION}")
         num_labels = int(header[8])
         if num_labels < 1:
             raise SFTError(f"{path}: invalid num_labels {num_labels}")
+        if header[10] not in (0, 1):
+            raise SFTError(f"{path}: header[10] is {int(header[10])}, not 0 or 1")
+        copies = 1 + 2 * int(header[10])   # header[10] = 1: the AdamW moments m and v follow (not read here)
     else:
         raise SFTError(f"{path}: bad magic {magic} (expected {LLMC_MAGIC} llm.c or {SFT_MAGIC} SFT)")
     cfg = GPT2Config(*[int(x) for x in header[2:8]])
     cfg.validate(path)
     shapes = param_shapes(cfg, num_labels)
     total = sum(num_elements(s) for _, s in shapes)
-    expected = HEADER_BYTES + 4 * total
+    expected = HEADER_BYTES + 4 * total * copies
     if size != expected:
         raise SFTError(f"{path}: size {size} bytes, expected {expected} for {cfg}")
     flat = torch.from_numpy(np.fromfile(path, dtype="<f4", offset=HEADER_BYTES, count=total).astype(np.float32, copy=False))

@@ -115,6 +115,15 @@ def read_predictions(path):
     return rows[0], rows[1:]
 
 
+def without_training_state(data):
+    """The model part of a checkpoint: a --save file (header[10] = 1) without its
+    run identity (header[10..17]) and AdamW moments (dev/FORMATS.md section 2)."""
+    if struct.unpack("<i", data[40:44])[0] != 1:
+        return data
+    n = (len(data) - 1024) // 12
+    return data[:40] + bytes(32) + data[72:1024] + data[1024:1024 + 4 * n]
+
+
 def ref_model_from_hf(folder):
     """Reference model built from the exported folder: import_hf -> read_checkpoint -> float64 model."""
     tmp = os.path.join(folder, "..", os.path.basename(folder) + "_reimported.bin")
@@ -270,10 +279,11 @@ def export_checks(R, args, ckpt, folder, K, names, preds_csv, token_lists, max_l
     R.check(f"{what}: safetensors metadata carries the step", meta.get("step") == str(step),
             f"metadata {meta}, header[9] {step}")
 
-    # import back: bytes identical; an import_hf that does not read the step from the
-    # safetensors metadata writes header[9] = 0, which is accepted with a note
+    # import back: bytes identical to the model part of the checkpoint; an import_hf
+    # that does not read the step from the safetensors metadata writes header[9] = 0,
+    # which is accepted with a note
     cfg, params, score, back = ref_model_from_hf(folder)
-    a, b = open(ckpt, "rb").read(), open(back, "rb").read()
+    a, b = without_training_state(open(ckpt, "rb").read()), open(back, "rb").read()
     same_but_step = a[:36] + a[40:] == b[:36] + b[40:] and b[36:40] == b"\0\0\0\0"
     R.check(f"{what}: import_hf(export) == checkpoint byte for byte", a == b or same_but_step,
             f"{len(a)} vs {len(b)} bytes")

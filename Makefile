@@ -67,6 +67,7 @@ PYTHON_SUITES = \
   "tokenizer vs js-tiktoken::$(PYTHON) dev/test/test_tokenizer.py" \
   "prepro_imdb.py::$(PYTHON) dev/test/test_prepro.py" \
   "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
+  "import from Hugging Face, standard library only::$(PYTHON) dev/test/test_import_hf.py" \
   "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
 
 # ./test_sft without arguments: no PyTorch, no reference files

@@ -630,6 +630,8 @@ def write_fuzz_seeds(seed_dir):
             f.write(llmc_checkpoint(cfg, seed=i))
         with open(os.path.join(ck_dir, "sft_%d.bin" % i), "wb") as f:
             f.write(sft_checkpoint(cfg, num_labels=2 + i, step=i, seed=i))
+        with open(os.path.join(ck_dir, "saved_run_%d.bin" % i), "wb") as f:  # with the AdamW moments
+            f.write(saved_run(cfg, i + 1, 10, 2, 1, cfg.max_t, 1337, num_labels=2 + i))
     with open(os.path.join(ds_dir, "good.bin"), "wb") as f:
         f.write(dataset_bytes(good_examples(n=8, max_len=10)))
     with open(os.path.join(ds_dir, "unlabelled.bin"), "wb") as f:

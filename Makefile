@@ -1,5 +1,6 @@
 # Build, test and run train_gpt2_sft.
 #   make            build the trainer and the test
+#   make check      the C self-check: matmul and gradient checks, needs only a C compiler
 #   make test       build, generate missing reference files (PyTorch), run every test suite
 #   make run        build, prepare IMDB, fine-tune, evaluate (see README)
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
@@ -25,7 +26,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c test-builds run asan ubsan fuzz clean reference FORCE
+.PHONY: all check test test-c test-builds run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -59,6 +60,7 @@ build/npm/node_modules/js-tiktoken:
 	npm install --prefix build/npm --no-audit --no-fund js-tiktoken@1.0.21
 
 C_SUITES = \
+  "C self-check: matmul, gradients by central differences::./test_sft" \
   "C, tiny model::./test_sft $(REF_TINY)" \
   "C, GPT-2 124M shapes::./test_sft $(REF_124M)" \
   "training program: resume, threads, predict::$(PYTHON) dev/test/test_train_cli.py" \
@@ -66,10 +68,15 @@ C_SUITES = \
   "SIGKILL during checkpoint saves::$(PYTHON) dev/test/test_kill_save.py --binary ./train_gpt2_sft"
 PYTHON_SUITES = \
   "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
-  "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
-  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py" \
+  "tokenizer vs js-tiktoken::$(PYTHON) dev/test/test_tokenizer.py" \
+  "prepro_imdb.py::$(PYTHON) dev/test/test_prepro.py" \
   "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
+  "import from Hugging Face, standard library only::$(PYTHON) dev/test/test_import_hf.py" \
   "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
+
+# ./test_sft without arguments: no PyTorch, no reference files
+check: test_sft
+	./test_sft
 
 test: all reference build/npm/node_modules/js-tiktoken
 	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)
@@ -79,23 +86,22 @@ test-c: all reference
 	bash dev/run_tests.sh $(C_SUITES)
 
 # test_sft built for every instruction set this CPU runs (AVX-512, AVX2, SSE2,
-# the portable and reference kernels), with gcc and clang: the tiny test each
+# the portable and reference kernels), with gcc and clang: the tiny test and
+# the self-check each
 test-builds: reference
 	bash dev/test_builds.sh
 
-# The C test and the bad-input corpus under AddressSanitizer (with
-# LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.
+# The C tests (self-check and tiny model) and the bad-input corpus under
+# AddressSanitizer (with LeakSanitizer) or UndefinedBehaviorSanitizer; any
+# report fails. One rule for both: SAN is the -fsanitize= value.
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fno-sanitize-recover=all
-asan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/test_sft_asan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/train_gpt2_sft_asan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, ASan::./build/test_sft_asan $(REF_TINY)" \
-	  "bad inputs, ASan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_asan --out-dir build/bad_inputs_asan"
-ubsan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/test_sft_ubsan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/train_gpt2_sft_ubsan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, UBSan::./build/test_sft_ubsan $(REF_TINY)" \
-	  "bad inputs, UBSan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_ubsan --out-dir build/bad_inputs_ubsan"
+asan: SAN = address
+ubsan: SAN = undefined
+asan ubsan: reference
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/test_sft_$@ test_sft.c $(LDLIBS)
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/train_gpt2_sft_$@ train_gpt2_sft.c $(LDLIBS)
+	bash dev/run_tests.sh "C self-check, $@::./build/test_sft_$@" "C test, $@::./build/test_sft_$@ $(REF_TINY)" \
+	  "bad inputs, $@::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_$@ --out-dir build/bad_inputs_$@"
 
 # libFuzzer on the checkpoint and dataset readers (clang), SECONDS each
 fuzz:

@@ -1,7 +1,7 @@
 /*
 bench_sft.c: speed and memory of train_gpt2_sft.c's training step and matmul.
 
-  make bench_sft
+  make build/bench_sft
   ./build/bench_sft step   [--depth 12] [-B 8] [-T 256] [--steps 3] [--lengths random|full] [--dropout 0]
                            [--data data/imdb/imdb_train.bin]   (real batches, T = max length)
   ./build/bench_sft matmul [-B 8] [-T 256] [--reps 5]

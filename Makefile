@@ -1,11 +1,13 @@
 # Build, test and run train_gpt2_sft.
 #   make            build the trainer and the test
+#   make check      the C self-check: matmul and gradient checks, needs only a C compiler
 #   make test       build, generate missing reference files (PyTorch), run every test suite
 #   make run        build, prepare IMDB, fine-tune, evaluate (see README)
 #   make NO_OMP=1 …  the same without OpenMP (one thread)
 #   make MPI=1      the trainer with MPI (mpicc -DUSE_MPI), for mpirun -np N (README: Several machines)
 #   make test-mpi   build/train_gpt2_sft_mpi, then N ranks against one process, faults, SIGKILL of a rank
 #   make asan / make ubsan   the C tests under AddressSanitizer / UndefinedBehaviorSanitizer
+#   make test-builds         the C test built for each instruction set (AVX-512, AVX2, SSE2, ...)
 
 SHELL := /bin/bash
 CC ?= cc
@@ -13,7 +15,10 @@ PYTHON ?= python3
 # the PyTorch reference needs Debian's python3-torch, which lives in /usr/bin/python3
 TORCH_PYTHON ?= /usr/bin/python3
 OPT ?= -O3 -march=native
-CFLAGS ?= $(OPT) -ffp-contract=fast
+# -ffp-contract=fast: a*b+c as one fused multiply-add (the matmul kernel's
+# vectors rely on it); -fno-math-errno: sqrtf need not set errno, so AdamW's
+# loop vectorizes (values are the same: sqrt is correctly rounded either way)
+CFLAGS ?= $(OPT) -ffp-contract=fast -fno-math-errno
 CFLAGS += -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
 # MPI (Open MPI from Debian: apt-get install openmpi-bin libopenmpi-dev)
 MPICC ?= mpicc
@@ -29,7 +34,7 @@ else
   OMP_FLAGS = -fopenmp
 endif
 
-.PHONY: all test test-c test-mpi run asan ubsan fuzz clean reference FORCE
+.PHONY: all check test test-c test-builds test-mpi run asan ubsan fuzz clean reference FORCE
 
 all: train_gpt2_sft test_sft
 
@@ -67,6 +72,7 @@ build/npm/node_modules/js-tiktoken:
 	npm install --prefix build/npm --no-audit --no-fund js-tiktoken@1.0.21
 
 C_SUITES = \
+  "C self-check: matmul, gradients by central differences::./test_sft" \
   "C, tiny model::./test_sft $(REF_TINY)" \
   "C, GPT-2 124M shapes::./test_sft $(REF_124M)" \
   "training program: resume, threads, predict::$(PYTHON) dev/test/test_train_cli.py" \
@@ -74,10 +80,15 @@ C_SUITES = \
   "SIGKILL during checkpoint saves::$(PYTHON) dev/test/test_kill_save.py --binary ./train_gpt2_sft"
 PYTHON_SUITES = \
   "PyTorch reference selftest::$(TORCH_PYTHON) dev/train_gpt2_sft.py selftest" \
-  "tokenizer vs js-tiktoken::$(PYTHON) dev/test_tokenizer.py" \
-  "prepro_imdb.py::$(PYTHON) dev/test_prepro.py" \
+  "tokenizer vs js-tiktoken::$(PYTHON) dev/test/test_tokenizer.py" \
+  "prepro_imdb.py::$(PYTHON) dev/test/test_prepro.py" \
   "export to Hugging Face, classify.py::$(TORCH_PYTHON) dev/test/test_export_hf.py" \
+  "import from Hugging Face, standard library only::$(PYTHON) dev/test/test_import_hf.py" \
   "plot_log.py::$(TORCH_PYTHON) dev/test/test_plot_log.py"
+
+# ./test_sft without arguments: no PyTorch, no reference files
+check: test_sft
+	./test_sft
 
 test: all reference build/npm/node_modules/js-tiktoken
 	bash dev/run_tests.sh $(C_SUITES) $(PYTHON_SUITES)
@@ -93,19 +104,23 @@ test-mpi: build/train_gpt2_sft_mpi train_gpt2_sft
 	bash dev/run_tests.sh "MPI: 2 ranks against one process, failing ranks::$(PYTHON) dev/test/test_mpi.py" \
 	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 12 --out-dir build/kill_save_mpi"
 
-# The C test and the bad-input corpus under AddressSanitizer (with
-# LeakSanitizer) and UndefinedBehaviorSanitizer; any report fails.
+# test_sft built for every instruction set this CPU runs (AVX-512, AVX2, SSE2,
+# the portable and reference kernels), with gcc and clang: the tiny test and
+# the self-check each
+test-builds: reference
+	bash dev/test_builds.sh
+
+# The C tests (self-check and tiny model) and the bad-input corpus under
+# AddressSanitizer (with LeakSanitizer) or UndefinedBehaviorSanitizer; any
+# report fails. One rule for both: SAN is the -fsanitize= value.
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fno-sanitize-recover=all
-asan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/test_sft_asan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=address -o build/train_gpt2_sft_asan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, ASan::./build/test_sft_asan $(REF_TINY)" \
-	  "bad inputs, ASan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_asan --out-dir build/bad_inputs_asan"
-ubsan: reference
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/test_sft_ubsan test_sft.c $(LDLIBS)
-	$(CC) $(SAN_FLAGS) -fsanitize=undefined -o build/train_gpt2_sft_ubsan train_gpt2_sft.c $(LDLIBS)
-	bash dev/run_tests.sh "C test, UBSan::./build/test_sft_ubsan $(REF_TINY)" \
-	  "bad inputs, UBSan::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_ubsan --out-dir build/bad_inputs_ubsan"
+asan: SAN = address
+ubsan: SAN = undefined
+asan ubsan: reference
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/test_sft_$@ test_sft.c $(LDLIBS)
+	$(CC) $(SAN_FLAGS) -fsanitize=$(SAN) -o build/train_gpt2_sft_$@ train_gpt2_sft.c $(LDLIBS)
+	bash dev/run_tests.sh "C self-check, $@::./build/test_sft_$@" "C test, $@::./build/test_sft_$@ $(REF_TINY)" \
+	  "bad inputs, $@::$(PYTHON) dev/test/test_bad_inputs.py --binary build/train_gpt2_sft_$@ --out-dir build/bad_inputs_$@"
 
 # libFuzzer on the checkpoint and dataset readers (clang), SECONDS each
 fuzz:

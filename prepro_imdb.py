@@ -78,6 +78,7 @@ DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "gpt2_sft")
 # aclImdb/{train,test}/{pos,neg}/<id>_<stars>.txt and aclImdb/train/unsup/<id>_0.txt
 IMDB_MEMBER_RE = re.compile(r"(?:\./)?aclImdb/(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt")
 IMDB_LABELS = {"neg": 0, "pos": 1, "unsup": -1}
+MAX_STARS = 10              # star ratings are 1..MAX_STARS, 0 when unrated (dev/FORMATS.md section 3)
 IMDB_SPLITS = ("train", "test", "unsup")
 
 
@@ -575,7 +576,7 @@ def read_imdb(path, clean=False, splits=IMDB_SPLITS, on_progress=None):
                     if split not in splits:
                         continue
                     label = IMDB_LABELS[folder]
-                    if (label >= 0 and not 1 <= stars <= 10) or (label < 0 and stars != 0):
+                    if (label >= 0 and not 1 <= stars <= MAX_STARS) or (label < 0 and stars != 0):
                         problem = problem or f"{member.name}: unexpected star rating {stars}"
                     if problem:
                         continue    # only reading on, to check the archive itself
@@ -864,6 +865,8 @@ def write_dataset(path, examples, num_labels):
     for label, star, toks in examples:
         if len(toks) < 1:
             raise PrepError(f"{path}: an example has no tokens")
+        if not 0 <= star <= MAX_STARS:
+            raise PrepError(f"{path}: star rating {star} is out of range 0..{MAX_STARS} (0: unrated)")
         offsets.append(pos)
         lengths.append(len(toks))
         labels.append(label)

@@ -1,5 +1,12 @@
 /*
-test_sft.c: checks train_gpt2_sft.c against the PyTorch reference.
+test_sft.c: checks train_gpt2_sft.c, by itself and against the PyTorch reference.
+
+  ./test_sft        (make check) the self-check, which needs nothing else: the
+                    fast matmul against gemm_reference on odd shapes, strides
+                    and accumulate; every parameter gradient of a tiny model
+                    (classification and regression, with and without dropout)
+                    against central differences of the loss; gradient
+                    accumulation. See selfcheck() at the bottom.
 
 The reference (dev/train_gpt2_sft.py debug-state) computes, in float64, the
 logits, loss and every parameter gradient of a batch of variable-length
@@ -24,9 +31,10 @@ typedef struct {
     double loss;   // relative to the loss
     double grads;  // relative to max |grad| of each tensor
     double steps;  // relative to each value: every step's loss and gradient norm
+    double lrs;    // relative to each step's learning rate (one float32 division)
 } Tolerances;
 
-static const Tolerances tolerances = {5e-6, 5e-6, 1e-5, 1e-5};
+static const Tolerances tolerances = {5e-6, 5e-6, 1e-5, 1e-5, 1e-6};
 
 static int checks_passed = 0, checks_failed = 0;
 
@@ -70,7 +78,9 @@ static int compare_each(const char *label, const float *c, const float *r, size_
     return ok;
 }
 
-// The debug state written by dev/train_gpt2_sft.py (format in README).
+// The debug state written by dev/train_gpt2_sft.py (dev/FORMATS.md section 4).
+#define DEBUG_MAGIC 20261129
+#define DEBUG_VERSION 2
 typedef struct {
     int B, T, K, num_steps;
     OptimizerConfig opt;
@@ -96,9 +106,10 @@ static void *copy_out(const MappedFile *f, size_t *offset, size_t bytes, const c
 // `cfg` is the model's configuration; the head size comes from the state.
 static void load_debug_state(DebugState *s, const char *path, GPT2Config cfg) {
     MappedFile f;
-    if (map_file(&f, path) != 0) { fail("cannot open debug state %s: %s (run make test to generate it)", path, strerror(errno)); }
-    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != 20261129 || read_i32(f.data + 4) != 2) {
-        fail("%s: not a version 2 debug state (delete build/ref and run make test to regenerate it)", path);
+    const char *why = map_file(&f, path);
+    if (why != NULL) { fail("cannot open debug state %s: %s (run make test to generate it)", path, why); }
+    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != DEBUG_MAGIC || read_i32(f.data + 4) != DEBUG_VERSION) {
+        fail("%s: not a version %d debug state (delete build/ref and run make test to regenerate it)", path, DEBUG_VERSION);
     }
     s->B = read_i32(f.data + 8);
     s->T = read_i32(f.data + 12);
@@ -199,11 +210,12 @@ static void check_padding_invariance(GPT2 *model, const DebugState *s) {
     const float loss = model->loss;
 
     int *repadded = (int *)malloc_or_die((size_t)s->B * s->T * sizeof(int), "tokens");
+    const int vocab = model->config.vocab_size;
     int padded_positions = 0;
     for (int b = 0; b < s->B; b++) {
         for (int t = 0; t < s->T; t++) {
             const int real = t < s->lengths[b];
-            repadded[b * s->T + t] = real ? s->tokens[b * s->T + t] : (s->tokens[b * s->T + t] * 7 + 13 + t) % 50257;
+            repadded[b * s->T + t] = real ? s->tokens[b * s->T + t] : (s->tokens[b * s->T + t] * 7 + 13 + t) % vocab;
             padded_positions += !real;
         }
     }
@@ -241,6 +253,7 @@ static void check_thread_invariance(GPT2 *model, const DebugState *s) {
     free(grads);
 #else
     (void)model; (void)s;
+    printf("SKIP threads    built without OpenMP: one thread only, nothing to compare\n");
 #endif
 }
 
@@ -264,7 +277,7 @@ static void check_training_steps(GPT2 *model, const DebugState *s) {
         printf("     step %2d  loss %.6f (ref %.6f)  lr %.4e (ref %.4e)  grad norm %.5f (ref %.5f)\n", step,
                losses[step], s->step_losses[step], lrs[step], s->step_lrs[step], norms[step], s->step_grad_norms[step]);
     }
-    compare_each("step lrs", lrs, s->step_lrs, (size_t)s->num_steps, 1e-6);
+    compare_each("step lrs", lrs, s->step_lrs, (size_t)s->num_steps, tolerances.lrs);
     compare_each("step norms", norms, s->step_grad_norms, (size_t)s->num_steps, tolerances.steps);
     compare_each("step loss", losses, s->step_losses, (size_t)s->num_steps, tolerances.steps);
     free(losses); free(lrs); free(norms);
@@ -335,19 +348,337 @@ static void check_checkpoint_round_trip(GPT2 *model) {
     remove(path);
 }
 
+// ----------------------------------------------------------------------------
+// Self-check: `./test_sft` without arguments needs no PyTorch and no reference
+// files. It checks the matrix multiplication against its specification
+// gemm_reference, and every parameter gradient against central differences
+// of the loss on a tiny model.
+
+typedef void (*GemmKernel)(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate);
+
+// gemm_serial as a caller outside a parallel region uses it: after reserving
+// the packing buffers.
+static void gemm_serial_reserved(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
+    gemm_workspace_reserve();
+    gemm_serial(M, N, K, a, b, c, ldc, accumulate);
+}
+
+typedef struct {
+    const char *name;
+    GemmKernel kernel;
+    int threads; // OpenMP threads while it runs (ignored without OpenMP)
+} MatmulUnderTest;
+
+// A stored matrix of `rows` x `cols` floats, row-major with 2 floats of
+// padding per row that hold NaN: a kernel that reads outside the matrix gets
+// NaN into its result.
+static float *padded_random_matrix(int rows, int cols, uint64_t *rng) {
+    const long ld = cols + 2;
+    float *m = (float *)malloc_or_die((size_t)rows * ld * sizeof(float), "matrix");
+    for (long i = 0; i < rows * ld; i++) { m[i] = i % ld < cols ? 2.0f * rng_uniform(rng) - 1.0f : NAN; }
+    return m;
+}
+
+// One product C (M,N) [+]= A (M,K) B (K,N) by `kernel` against gemm_reference.
+// A is stored as (M,K) or, when a_transposed, as A^T (K,M), and read through
+// its strides; likewise B as (K,N) or B^T (N,K). C has ldc = N + 3: the three
+// columns past N hold a sentinel that must survive unchanged. Without
+// accumulate C starts as NaN, which every element must overwrite.
+//
+// Tolerance, from float rounding: any way of summing K products (in any
+// order, with or without fused multiply-adds, in KC-deep slices) plus the
+// old C differs from the exact value by at most about (K + 1) u S, where
+// S = sum_k |a_ik b_kj| + |c_ij|, u = FLT_EPSILON / 2 (Higham, "Accuracy and
+// Stability of Numerical Algorithms", section 3.1); two such sums differ by
+// at most twice that. So |c - ref| <= (K + 2) FLT_EPSILON S, with one extra
+// rounding to spare. For K = 0 this demands exact results.
+// Returns the largest |c - ref| / tolerance (infinite on a NaN or a changed
+// sentinel) and clears *ok when it exceeds 1.
+static double matmul_case(GemmKernel kernel, int M, int N, int K, int a_transposed, int b_transposed,
+                          int accumulate, uint64_t *rng, int *ok) {
+    const float sentinel = -12345.0f;
+    float *a = a_transposed ? padded_random_matrix(K, M, rng) : padded_random_matrix(M, K, rng);
+    float *b = b_transposed ? padded_random_matrix(N, K, rng) : padded_random_matrix(K, N, rng);
+    const long lda = (a_transposed ? M : K) + 2, ldb = (b_transposed ? K : N) + 2, ldc = N + 3;
+    const StridedMatrix sa = a_transposed ? (StridedMatrix){a, 1, lda} : (StridedMatrix){a, lda, 1};
+    const StridedMatrix sb = b_transposed ? (StridedMatrix){b, 1, ldb} : (StridedMatrix){b, ldb, 1};
+    float *c0 = (float *)malloc_or_die((size_t)M * ldc * sizeof(float), "C");
+    float *ref = (float *)malloc_or_die((size_t)M * ldc * sizeof(float), "C reference");
+    float *got = (float *)malloc_or_die((size_t)M * ldc * sizeof(float), "C result");
+    for (long i = 0; i < M * ldc; i++) {
+        c0[i] = i % ldc >= N ? sentinel : accumulate ? 2.0f * rng_uniform(rng) - 1.0f : NAN;
+    }
+    memcpy(ref, c0, (size_t)M * ldc * sizeof(float));
+    memcpy(got, c0, (size_t)M * ldc * sizeof(float));
+    gemm_reference(M, N, K, sa, sb, ref, ldc, accumulate);
+    kernel(M, N, K, sa, sb, got, ldc, accumulate);
+    double worst = 0.0;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N + 3; j++) {
+            const long at = (long)i * ldc + j;
+            if (j >= N) {
+                if (memcmp(&got[at], &sentinel, sizeof(float)) != 0) { worst = INFINITY; }
+                continue;
+            }
+            double s = accumulate ? fabs((double)c0[at]) : 0.0;
+            for (int k = 0; k < K; k++) {
+                s += fabs((double)sa.data[i * sa.row_stride + k * sa.col_stride] * sb.data[k * sb.row_stride + j * sb.col_stride]);
+            }
+            const double tolerance = (K + 2) * (double)FLT_EPSILON * s, error = fabs((double)got[at] - ref[at]);
+            const double ratio = error == 0.0 ? 0.0 : error / tolerance; // NaN for a NaN result
+            if (!(ratio <= worst)) { worst = isnan(ratio) ? INFINITY : ratio; }
+        }
+    }
+    if (!(worst <= 1.0)) { *ok = 0; }
+    free(a); free(b); free(c0); free(ref); free(got);
+    return worst;
+}
+
+// The fast matrix multiplication (gemm, on several threads, and gemm_serial)
+// against gemm_reference: odd shapes, shapes that cross the register tile
+// (GEMM_MR x GEMM_NR) and the blocks (GEMM_MC, GEMM_KC, GEMM_NC), K = 0; for
+// each, both storage orders of A and of B, with and without accumulate.
+// A new kernel joins by adding a line to `kernels`.
+static void selfcheck_matmul(void) {
+    static const int shapes[][3] = { // M, N, K
+        {1, 1, 1}, {1, 5, 7}, {5, 1, 13}, {7, 13, 1}, {13, 7, 5}, {5, 7, 0}, {67, 129, 0},
+        {GEMM_MR, GEMM_NR, 8}, {GEMM_MR + 1, GEMM_NR + 1, 9},
+        {67, 129, 300}, {300, 67, 129}, {129, 13, 67},
+        {GEMM_MC, GEMM_NR, GEMM_KC}, {GEMM_MC + 1, GEMM_NR + 3, GEMM_KC + 2},
+        {13, 67, 770}, {37, GEMM_NC + 6, 13}, {GEMM_NC + 6, 5, 7},
+    };
+    const MatmulUnderTest kernels[] = {
+        {"gemm", gemm, 1},
+        {"gemm", gemm, 3},
+        {"gemm_serial", gemm_serial_reserved, 1},
+    };
+    const int num_shapes = (int)(sizeof(shapes) / sizeof(shapes[0]));
+    const int num_kernels = (int)(sizeof(kernels) / sizeof(kernels[0]));
+#ifdef _OPENMP
+    const int threads_before = omp_get_max_threads();
+#endif
+    uint64_t rng = rng_seed(7);
+    for (int k = 0; k < num_kernels; k++) {
+#ifdef _OPENMP
+        omp_set_num_threads(kernels[k].threads);
+#else
+        if (kernels[k].threads > 1) { continue; } // the same as its one-thread line
+#endif
+        for (int s = 0; s < num_shapes; s++) {
+            const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            int ok = 1;
+            double worst = 0.0;
+            for (int variant = 0; variant < 8; variant++) {
+                worst = fmax(worst, matmul_case(kernels[k].kernel, M, N, K, variant & 1, (variant >> 1) & 1,
+                                                variant >> 2, &rng, &ok));
+            }
+            char line[256];
+            snprintf(line, sizeof(line), "matmul    %-11s %d thread%s M %4d N %4d K %3d: A, A^T x B, B^T x accumulate 0, 1: "
+                     "max |c - ref| / tol %.2e", kernels[k].name, kernels[k].threads, kernels[k].threads > 1 ? "s" : " ",
+                     M, N, K, worst);
+            report(ok, line);
+        }
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(threads_before);
+#endif
+}
+
+// A tiny GPT-2 for the gradient check: 2 layers (so both block_forward and
+// last_block_forward run), 2 heads of 8 channels, 37 tokens, 12 positions.
+// Weights are drawn larger than GPT-2's 0.02 so that attention is far from
+// uniform and every term of every gradient matters; LayerNorm weights and all
+// biases are random too, so their gradients are generic.
+static void selfcheck_model(GPT2 *model, int num_labels) {
+    memset(model, 0, sizeof(*model));
+    model->loss = -1.0f;
+    const GPT2Config cfg = {12, 37, 40, 2, 2, 16, num_labels}; // maxT, V, Vp, L, NH, C, K
+    validate_config(&cfg, "self-check model");
+    model->config = cfg;
+    gpt2_allocate_parameters(model);
+    uint64_t rng = rng_seed(2024 + (uint64_t)num_labels);
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        const int is_layernorm_weight = t == 2 || t == 8 || t == 14; // ln1w, ln2w, lnfw
+        const float std = parameter_decays[t] ? 0.4f : 0.1f;
+        for (size_t i = 0; i < model->param_sizes[t]; i++) {
+            model->params_memory[offset + i] = (is_layernorm_weight ? 1.0f : 0.0f) + std * rng_normal(&rng);
+        }
+        offset += model->param_sizes[t];
+    }
+}
+
+// The loss of the last forward pass, recomputed in double from its logits:
+// independent of loss_forward_backward, whose dlogits the backward pass uses.
+static double loss_of_logits(const GPT2 *model, const Batch *batch) {
+    const int K = model->config.num_labels;
+    double total = 0.0;
+    for (int b = 0; b < batch->B; b++) {
+        const float *z = model->logits + b * K;
+        if (K == 1) { total += ((double)z[0] - batch->targets[b]) * ((double)z[0] - batch->targets[b]); continue; }
+        double max_z = z[0], sum = 0.0;
+        for (int k = 1; k < K; k++) { max_z = fmax(max_z, z[k]); }
+        for (int k = 0; k < K; k++) { sum += exp(z[k] - max_z); }
+        total += log(sum) + max_z - z[batch->labels[b]];
+    }
+    return total / batch->B;
+}
+
+static double loss_at(GPT2 *model, const Batch *batch, const Dropout *dropout) {
+    gpt2_forward(model, batch, 1.0f, dropout);
+    return loss_of_logits(model, batch);
+}
+
+// Gradient accumulation (--grad-accum): two forward/backward passes with
+// grad_scale 1/2 into the same gradients give the gradient of one pass with
+// grad_scale 1. Halving is exact in float, so only sums that start from a
+// non-zero gradient round differently: 1e-5 of each tensor's largest value.
+static void check_gradient_accumulation(GPT2 *model, const Batch *batch, const Dropout *dropout) {
+    const size_t n = model->num_parameters;
+    float *whole = (float *)malloc_or_die(n * sizeof(float), "gradient copy");
+    gpt2_forward(model, batch, 1.0f, dropout);
+    gpt2_zero_grad(model);
+    gpt2_backward(model);
+    memcpy(whole, model->grads_memory, n * sizeof(float));
+    gpt2_zero_grad(model);
+    for (int half = 0; half < 2; half++) {
+        gpt2_forward(model, batch, 0.5f, dropout);
+        gpt2_backward(model);
+    }
+    double worst = 0.0;
+    int worst_tensor = 0;
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        double max_diff = 0.0, max_ref = 0.0;
+        for (size_t i = offset; i < offset + model->param_sizes[t]; i++) {
+            max_diff = fmax(max_diff, fabs((double)model->grads_memory[i] - whole[i]));
+            max_ref = fmax(max_ref, fabs((double)whole[i]));
+        }
+        const double rel = max_ref > 0.0 ? max_diff / max_ref : max_diff;
+        if (!(rel <= worst)) { worst = rel; worst_tensor = t; }
+        offset += model->param_sizes[t];
+    }
+    char line[192];
+    snprintf(line, sizeof(line), "accumulation K=%d dropout %.1f: two half-scaled passes vs one, worst d%s rel diff %.3e (tol 1e-05)",
+             model->config.num_labels, dropout != NULL ? dropout->p : 0.0f, parameter_names[worst_tensor], worst);
+    report(worst <= 1e-5, line);
+    free(whole);
+}
+
+// Central differences against the analytic gradient of every parameter
+// tensor. The model computes in float32 (a difference quotient cannot run in
+// double), so fd = (L(w+eps) - L(w-eps)) / 2eps carries two errors:
+// truncation, about eps^2 |L'''| / 6, relative to the derivative about
+// (eps / the scale of w)^2, and rounding, about |L| delta / eps, delta the
+// relative float32 error of a forward pass (a few 1e-7 here). eps = 1e-2 keeps
+// both small for weights of size ~0.4: measured, at most 0.3% relative and
+// 1e-5 absolute. Each checked element must satisfy
+//   |fd - g| <= 1e-2 max(|fd|, |g|) + 1e-4 max(1, |L|),
+// three and ten times those. Checked per tensor: its largest gradient element, 5
+// random elements (in wte and wpe mostly rows the batch does not use, whose
+// gradient and difference must both be 0), and the derivative along the
+// whole gradient, d/ds L(w + s g/|g|) = |g|, which a wrong scale or sign in
+// any part of the tensor changes.
+static void selfcheck_gradients(int num_labels, float dropout_p) {
+    GPT2 model;
+    selfcheck_model(&model, num_labels);
+    enum { B = 3, T = 10 };
+    int tokens[B * T], lengths[B] = {T, 6, 1}, labels[B] = {2, 0, 1};
+    float targets[B] = {3.0f, 8.0f, 1.5f};
+    uint64_t rng = rng_seed(99);
+    for (int i = 0; i < B * T; i++) { tokens[i] = (int)(rng_next(&rng) % (uint64_t)model.config.vocab_size); }
+    for (int b = 0; b < B; b++) { labels[b] %= num_labels; }
+    Batch batch = {B, T, tokens, lengths, num_labels >= 2 ? labels : NULL, num_labels == 1 ? targets : NULL};
+    const Dropout drop = dropout_for_pass(dropout_p, 1337, 5); // one fixed pass: the same masks in every evaluation
+    const Dropout *dropout = dropout_p > 0.0f ? &drop : NULL;
+
+    const double loss = loss_at(&model, &batch, dropout);
+    gpt2_zero_grad(&model);
+    gpt2_backward(&model);
+    const double eps = 1e-2, rel = 1e-2, floor = 1e-4 * fmax(1.0, fabs(loss));
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        const size_t n = model.param_sizes[t];
+        float *w = model.params_memory + offset;
+        const float *g = model.grads_memory + offset;
+        enum { NUM_ELEMENTS = 6 };
+        size_t elements[NUM_ELEMENTS] = {0};
+        double norm = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            if (fabs(g[i]) > fabs(g[elements[0]])) { elements[0] = i; }
+            norm += (double)g[i] * g[i];
+        }
+        norm = sqrt(norm);
+        for (int e = 1; e < NUM_ELEMENTS; e++) { elements[e] = (size_t)(rng_next(&rng) % n); }
+        double worst = 0.0, worst_fd = 0.0, worst_g = 0.0;
+        for (int e = 0; e <= NUM_ELEMENTS; e++) {
+            double fd, analytic;
+            if (e < NUM_ELEMENTS) { // one element: w_i +- eps, divided by the step actually taken in float
+                const size_t i = elements[e];
+                const float w0 = w[i], up = (float)(w0 + eps), down = (float)(w0 - eps);
+                w[i] = up;
+                const double loss_up = loss_at(&model, &batch, dropout);
+                w[i] = down;
+                const double loss_down = loss_at(&model, &batch, dropout);
+                w[i] = w0;
+                fd = (loss_up - loss_down) / ((double)up - down);
+                analytic = g[i];
+            } else { // along the whole gradient direction u = g / |g| (skipped when g is 0)
+                if (norm == 0.0) { continue; }
+                float *w0 = (float *)malloc_or_die(n * sizeof(float), "weights copy");
+                memcpy(w0, w, n * sizeof(float));
+                for (size_t i = 0; i < n; i++) { w[i] = (float)(w0[i] + eps * g[i] / norm); }
+                const double loss_up = loss_at(&model, &batch, dropout);
+                for (size_t i = 0; i < n; i++) { w[i] = (float)(w0[i] - eps * g[i] / norm); }
+                const double loss_down = loss_at(&model, &batch, dropout);
+                memcpy(w, w0, n * sizeof(float));
+                free(w0);
+                fd = (loss_up - loss_down) / (2.0 * eps);
+                analytic = norm;
+            }
+            const double ratio = fabs(fd - analytic) / (rel * fmax(fabs(fd), fabs(analytic)) + floor);
+            if (!(ratio <= worst)) { worst = ratio; worst_fd = fd; worst_g = analytic; }
+        }
+        char line[256];
+        snprintf(line, sizeof(line), "gradient  K=%d dropout %.1f d%-8s %d elements and |g| %.3e: worst %.3f of tol "
+                 "(central difference %.6e, backward %.6e)", num_labels, dropout_p, parameter_names[t], NUM_ELEMENTS,
+                 norm, worst, worst_fd, worst_g);
+        report(worst <= 1.0, line);
+        offset += n;
+    }
+    check_gradient_accumulation(&model, &batch, dropout);
+    gpt2_free(&model);
+}
+
+static int selfcheck(void) {
+    printf("== self-check: matmul against gemm_reference; gradients against central differences\n");
+    selfcheck_matmul();
+    const int labels[2] = {3, 1};
+    const float dropouts[2] = {0.0f, 0.2f};
+    for (int k = 0; k < 2; k++) {
+        for (int d = 0; d < 2; d++) { selfcheck_gradients(labels[k], dropouts[d]); }
+    }
+    gemm_workspace_release();
+    printf("%d passed, %d failed\n", checks_passed, checks_failed);
+    return checks_failed == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+    printf("matmul kernel: %s, tile %dx%d\n", GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR);
+    require_little_endian();
+    if (argc == 1) { return selfcheck(); }
     if (argc < 3) {
-        fprintf(stderr, "usage: %s MODEL.bin DEBUG_STATE.bin [DEBUG_STATE.bin ...]\n", argv[0]);
+        fprintf(stderr, "usage: %s [MODEL.bin DEBUG_STATE.bin [DEBUG_STATE.bin ...]]\n", argv[0]);
         return 2;
     }
     const char *model_path = argv[1];
     GPT2Config cfg; // the model's shapes, read from its header alone
     MappedFile model_file;
     char error[256];
-    int has_head, step;
-    require_little_endian();
-    if (map_file(&model_file, model_path) != 0) { fail("cannot open %s: %s", model_path, strerror(errno)); }
-    if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, error, sizeof(error))) {
+    int has_head, step, has_moments;
+    const char *why = map_file(&model_file, model_path);
+    if (why != NULL) { fail("cannot open %s: %s", model_path, why); }
+    if (!checkpoint_parse_header(model_file.data, model_file.size, 0, &cfg, &has_head, &step, &has_moments, error, sizeof(error))) {
         fail("%s: %s", model_path, error);
     }
     unmap_file(&model_file);

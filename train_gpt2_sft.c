@@ -190,22 +190,23 @@ void *calloc_or_die(size_t count, size_t size, const char *what) {
 }
 
 // ----------------------------------------------------------------------------
-// Platform: the only OS-specific code. Files are memory-mapped read-only where
-// mmap exists (POSIX) and read into memory elsewhere (e.g. Windows), and
-// written files are flushed to disk before the rename that publishes them.
+// Platform: the only OS-specific code. PLATFORM_POSIX selects POSIX (mmap,
+// fsync, rename, clock_gettime); otherwise (Windows) files are read into
+// memory and _commit, MoveFileEx and QueryPerformanceCounter stand in. Written
+// files are flushed to disk before the rename that publishes them.
 
 #if defined(_WIN32)
 #define WIN32_LEAN_AND_MEAN
 #define NOMINMAX
 #include <windows.h>
 #include <io.h>
-#define PLATFORM_HAS_MMAP 0
+#define PLATFORM_POSIX 0
 #else
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define PLATFORM_HAS_MMAP 1
+#define PLATFORM_POSIX 1
 #endif
 
 typedef struct {
@@ -214,40 +215,61 @@ typedef struct {
     int is_mapped;             // 1: munmap on close, 0: free on close
 } MappedFile;
 
-// Maps `path` read-only. Returns 0 on success, or -1 with errno set.
-int map_file(MappedFile *file, const char *path) {
-    file->data = NULL; file->size = 0; file->is_mapped = 0;
-#if PLATFORM_HAS_MMAP
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { return -1; }
+#define NOT_A_REGULAR_FILE "not a regular file (a device, FIFO or socket)"
+
+// Why `path` is no file to read or replace, or NULL when it is a regular file
+// or does not exist (opening it then says why). Asked before any open: opening
+// a FIFO for reading blocks until a writer appears, and renaming a finished
+// file over /dev/null would replace the device.
+const char *not_a_regular_file(const char *path) {
+#if PLATFORM_POSIX
     struct stat st;
-    if (fstat(fd, &st) != 0) { close(fd); return -1; }
-    if (!S_ISREG(st.st_mode)) { close(fd); errno = EISDIR; return -1; }
+    if (stat(path, &st) != 0 || S_ISREG(st.st_mode)) { return NULL; }
+    return S_ISDIR(st.st_mode) ? "is a directory" : NOT_A_REGULAR_FILE;
+#else
+    const DWORD attributes = GetFileAttributesA(path);
+    return attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) ? "is a directory" : NULL;
+#endif
+}
+
+// Maps `path` read-only. Returns NULL on success, else the reason it failed.
+const char *map_file(MappedFile *file, const char *path) {
+    file->data = NULL; file->size = 0; file->is_mapped = 0;
+    const char *special = not_a_regular_file(path);
+    if (special != NULL) { return special; }
+#if PLATFORM_POSIX
+    // O_NONBLOCK: should path have become a FIFO since the stat, open returns at once and fstat refuses it
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) { return strerror(errno); }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { const int error = errno; close(fd); return strerror(error); }
+    if (!S_ISREG(st.st_mode)) { close(fd); return NOT_A_REGULAR_FILE; }
     file->size = (size_t)st.st_size;
-    if (file->size == 0) { close(fd); file->data = (const unsigned char *)""; return 0; }
+    if (file->size == 0) { close(fd); file->data = (const unsigned char *)""; return NULL; }
     void *p = mmap(NULL, file->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int error = errno;
     close(fd);
-    if (p == MAP_FAILED) { return -1; }
+    if (p == MAP_FAILED) { return strerror(error); }
     file->data = (const unsigned char *)p;
     file->is_mapped = 1;
-    return 0;
+    return NULL;
 #else
     FILE *f = fopen(path, "rb");
-    if (f == NULL) { return -1; }
-    if (_fseeki64(f, 0, SEEK_END) != 0) { fclose(f); return -1; }
+    if (f == NULL) { return strerror(errno); }
+    if (_fseeki64(f, 0, SEEK_END) != 0) { fclose(f); return "cannot seek"; }
     const long long size = _ftelli64(f); // ftell's long is 32 bits on Windows
-    if (size < 0 || _fseeki64(f, 0, SEEK_SET) != 0) { fclose(f); return -1; }
+    if (size < 0 || _fseeki64(f, 0, SEEK_SET) != 0) { fclose(f); return "cannot seek"; }
     file->size = (size_t)size;
     unsigned char *buffer = (unsigned char *)malloc_or_die(file->size, path);
-    if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); errno = EIO; return -1; }
+    if (fread(buffer, 1, file->size, f) != file->size) { free(buffer); fclose(f); return "read error"; }
     fclose(f);
     file->data = buffer;
-    return 0;
+    return NULL;
 #endif
 }
 
 void unmap_file(MappedFile *file) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     if (file->is_mapped) { munmap((void *)file->data, file->size); }
 #else
     free((void *)file->data);
@@ -258,7 +280,7 @@ void unmap_file(MappedFile *file) {
 // Makes the bytes written to f durable before the file is renamed into place.
 int flush_to_disk(FILE *f) {
     if (fflush(f) != 0) { return -1; }
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     if (fsync(fileno(f)) != 0) { return -1; }
 #else
     if (_commit(_fileno(f)) != 0) { return -1; }
@@ -269,7 +291,7 @@ int flush_to_disk(FILE *f) {
 // Renames `from` to `to`, replacing `to` if it exists (Windows' rename fails
 // then). Returns 0, or -1 with errno set.
 int replace_file(const char *from, const char *to) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     return rename(from, to);
 #else
     if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) { return 0; }
@@ -286,17 +308,17 @@ char *path_with_suffix(const char *path, const char *suffix) {
     return s;
 }
 
-// Writes header and then n floats of a and of b (each optional) to path + ".tmp",
+// Writes header and then n floats of each of the `count` arrays to path + ".tmp",
 // flushes it to disk and renames it over `path`: an interrupted write never
 // destroys the file already there.
 void write_file_atomically(const char *path, const void *header, size_t header_bytes,
-                           const float *a, const float *b, size_t n) {
+                           const float *const *arrays, int count, size_t n) {
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
     if (f == NULL) { fail("cannot write %s: %s", tmp_path, strerror(errno)); }
-    int ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
-             (a == NULL || fwrite(a, sizeof(float), n, f) == n) &&
-             (b == NULL || fwrite(b, sizeof(float), n, f) == n) && flush_to_disk(f) == 0;
+    int ok = fwrite(header, 1, header_bytes, f) == header_bytes;
+    for (int i = 0; i < count && ok; i++) { ok = fwrite(arrays[i], sizeof(float), n, f) == n; }
+    ok = ok && flush_to_disk(f) == 0;
     ok = (fclose(f) == 0) && ok;
     if (!ok) { remove(tmp_path); fail("writing %s failed: %s", tmp_path, strerror(errno)); }
     if (replace_file(tmp_path, path) != 0) { remove(tmp_path); fail("cannot rename %s to %s: %s", tmp_path, path, strerror(errno)); }
@@ -305,7 +327,7 @@ void write_file_atomically(const char *path, const void *header, size_t header_b
 
 // Wall-clock seconds from an arbitrary origin, for timing only.
 double seconds_now(void) {
-#if PLATFORM_HAS_MMAP
+#if PLATFORM_POSIX
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -373,30 +395,66 @@ void gemm_reference(int M, int N, int K, StridedMatrix a, StridedMatrix b, float
     }
 }
 
-// The register tile must fit the vector registers: 6 x 64 floats is 24 of the
-// 32 AVX-512 registers; elsewhere (AVX2, NEON: 16 or 32 registers of 4 or 8
-// floats) 6 x 16 is the safe choice. Measured with dev/bench_sft.c.
+// The micro-kernel holds an (MR x NR) tile of C in vector registers and adds
+// one outer product a[k,:]^T b[k,:] to it per step of k: NR/VF vector loads of
+// B, MR broadcasts of A, MR*NR/VF fused multiply-adds. It is written with
+// explicit vectors (GCC/Clang vector extensions) where the compiler has them,
+// so the tile is kept in registers of the width the CPU has whatever the
+// compiler's auto-vectorizer prefers, and in plain C elsewhere.
+//   AVX-512:  32 registers of 16 floats, tile 12 x 32: 24 accumulators
+//   AVX/AVX2: 16 registers of 8 floats,  tile  6 x 16: 12 accumulators
+//   SSE/NEON: 16-32 registers of 4,      tile  6 x 8:  12 accumulators
+// -DGEMM_PORTABLE selects the plain-C kernel on any compiler, -DGEMM_REFERENCE
+// the triple loop above; test_sft checks each against gemm_reference.
+#if !defined(GEMM_PORTABLE) && !defined(GEMM_REFERENCE) && defined(__GNUC__) && !defined(__TINYC__)
+#if defined(__AVX512F__)
+#define GEMM_VECTOR_BYTES 64
+#define GEMM_ISA "AVX-512"
+#elif defined(__AVX__)
+#define GEMM_VECTOR_BYTES 32
+#define GEMM_ISA "AVX2/AVX"
+#elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__) || defined(__riscv)
+#define GEMM_VECTOR_BYTES 16
+#define GEMM_ISA "128-bit"
+#endif
+#endif
+#ifdef GEMM_VECTOR_BYTES
+typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
+// clang otherwise splits the vectors into halves where it prefers 256-bit ones
+#if defined(__clang__)
+#define GEMM_FULL_WIDTH __attribute__((min_vector_width(GEMM_VECTOR_BYTES * 8)))
+#else
+#define GEMM_FULL_WIDTH
+#endif
+#define GEMM_VF (GEMM_VECTOR_BYTES / 4) // floats per vector
 #ifndef GEMM_MR
-#define GEMM_MR 6    // rows of C held in registers by the micro-kernel
+#define GEMM_MR (GEMM_VECTOR_BYTES == 64 ? 12 : 6)
 #endif
 #ifndef GEMM_NR
-#if defined(__AVX512F__)
-#define GEMM_NR 64   // columns of C held in registers (four 512-bit vectors)
+#define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 32 : 2 * GEMM_VF)
+#endif
 #else
+#ifndef GEMM_MR
+#define GEMM_MR 6
+#endif
+#ifndef GEMM_NR
 #define GEMM_NR 16
 #endif
 #endif
-// Block sizes, tuned on a 2-core AVX-512 machine with dev/bench_matmul.py: a
-// deep slice (all 768 channels of GPT-2 124M at once) means C is read and
-// written once per product, and 36 x 768 floats of A (108 KiB) stay in L2.
-#ifndef GEMM_MC
-#define GEMM_MC 36   // rows of A packed per block (multiple of GEMM_MR)
-#endif
+// Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
+// (MR x KC, 12 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
+// read and written in long runs of the same rows (pages stay in the TLB);
+// the (MC x KC) block of A waits in L2/L3. Tuned with dev/bench_matmul.py at
+// the GPT-2 124M shapes on AVX-512 (48 KiB L1, 2 MiB L2).
 #ifndef GEMM_KC
-#define GEMM_KC 768  // depth of one packed slice
+#define GEMM_KC 256  // depth of one packed slice
+#endif
+#ifndef GEMM_MC
+#define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 1024 // columns of B packed per block (multiple of GEMM_NR)
+#define GEMM_NC 768  // columns of B packed per block (a multiple of GEMM_NR)
 #endif
 
 // Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:
@@ -431,9 +489,60 @@ void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int
     pack_panel(panel, b, col0, cols, k0, kc, GEMM_NR);
 }
 
-// The micro-kernel: acc (MR,NR) = sum_k a[k,:]^T b[k,:] (outer products), then
-// C[0:rows, 0:cols] = acc or += acc. The fixed-size loops let the compiler keep
-// acc in vector registers and emit one fused multiply-add per (i, j-vector).
+#if defined(GEMM_REFERENCE)
+#define GEMM_KERNEL_NAME "reference triple loop"
+#elif defined(GEMM_VECTOR_BYTES)
+#define GEMM_KERNEL_NAME GEMM_ISA " vectors"
+#else
+#define GEMM_KERNEL_NAME "portable C"
+#endif
+
+#ifdef GEMM_VECTOR_BYTES
+#define GEMM_NV (GEMM_NR / GEMM_VF) // vectors per row of the tile
+// the same vector at any float-aligned address (C and the panels need no more)
+typedef float gemm_vector_unaligned __attribute__((vector_size(GEMM_VECTOR_BYTES), aligned(4), may_alias));
+static inline gemm_vector vector_load(const float *p) { return *(const gemm_vector_unaligned *)p; }
+static inline void vector_store(float *p, gemm_vector v) { *(gemm_vector_unaligned *)p = v; }
+
+// acc (MR,NR) = sum_k a[k,:]^T b[k,:];  C[0:rows, 0:cols] = [C +] acc
+GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
+                      float *restrict c, long ldc, int rows, int cols, int accumulate) {
+    gemm_vector acc[GEMM_MR][GEMM_NV];
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int v = 0; v < GEMM_NV; v++) { acc[i][v] = (gemm_vector){0}; }
+        // C's rows are far apart (ldc) and rarely cached: start fetching them
+        // now so that the update at the end does not wait for memory
+        __builtin_prefetch(c + i * ldc, 1);
+        __builtin_prefetch(c + i * ldc + GEMM_NR - 1, 1);
+    }
+    for (int k = 0; k < kc; k++) {
+        gemm_vector bk[GEMM_NV];
+        for (int v = 0; v < GEMM_NV; v++) { bk[v] = vector_load(b + k * GEMM_NR + v * GEMM_VF); }
+        for (int i = 0; i < GEMM_MR; i++) {
+            const float ai = a[k * GEMM_MR + i];
+            for (int v = 0; v < GEMM_NV; v++) { acc[i][v] += bk[v] * ai; } // ai is broadcast
+        }
+    }
+    if (rows == GEMM_MR && cols == GEMM_NR) { // a whole tile: vector stores
+        for (int i = 0; i < GEMM_MR; i++) {
+            for (int v = 0; v < GEMM_NV; v++) {
+                float *cv = c + i * ldc + v * GEMM_VF;
+                vector_store(cv, accumulate ? vector_load(cv) + acc[i][v] : acc[i][v]);
+            }
+        }
+        return;
+    }
+    float tile[GEMM_MR][GEMM_NR]; // an edge tile: only rows x cols of it are C
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int v = 0; v < GEMM_NV; v++) { vector_store(tile[i] + v * GEMM_VF, acc[i][v]); }
+    }
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < cols; j++) { c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j]; }
+    }
+}
+#else
+// The same in plain C: the fixed-size loops let a compiler keep acc in
+// registers and emit one multiply-add per (i, j).
 void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
                       float *restrict c, long ldc, int rows, int cols, int accumulate) {
     float acc[GEMM_MR][GEMM_NR];
@@ -449,19 +558,16 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
     }
     for (int i = 0; i < rows; i++) {
         float *ci = c + i * ldc;
-        if (accumulate) {
-            for (int j = 0; j < cols; j++) { ci[j] += acc[i][j]; }
-        } else {
-            for (int j = 0; j < cols; j++) { ci[j] = acc[i][j]; }
-        }
+        for (int j = 0; j < cols; j++) { ci[j] = accumulate ? ci[j] + acc[i][j] : acc[i][j]; }
     }
 }
+#endif
 
 // C[row0:row0+rows, col0:col0+cols] (+)= packed A block . packed B block.
 void gemm_packed_block(const float *a_panels, const float *b_panels, int kc, int rows, int cols,
                        float *c, long ldc, int accumulate) {
-    for (int j = 0; j < cols; j += GEMM_NR) {
-        for (int i = 0; i < rows; i += GEMM_MR) {
+    for (int i = 0; i < rows; i += GEMM_MR) {
+        for (int j = 0; j < cols; j += GEMM_NR) {
             gemm_microkernel(kc, a_panels + (size_t)i * kc, b_panels + (size_t)j * kc, c + (long)i * ldc + j, ldc,
                              rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR, accumulate);
         }
@@ -484,22 +590,31 @@ int thread_id(void) {
 #endif
 }
 
-// Packing buffers, one A block and one B block per thread, allocated once.
-#define GEMM_THREAD_FLOATS ((size_t)GEMM_MC * GEMM_KC + (size_t)GEMM_NC * GEMM_KC)
-static float *gemm_workspace = NULL;
+// Packing buffers, one A block and one B block per thread, allocated once and
+// aligned to 64 bytes (a cache line), so that no vector load of a packed panel
+// of B straddles two lines (each panel is a multiple of 64 bytes long).
+#define GEMM_ALIGN_FLOATS 16
+#define GEMM_ROUND_UP(n) (((n) + GEMM_ALIGN_FLOATS - 1) / GEMM_ALIGN_FLOATS * GEMM_ALIGN_FLOATS)
+#define GEMM_A_BLOCK_FLOATS GEMM_ROUND_UP((size_t)GEMM_MC * GEMM_KC)
+#define GEMM_THREAD_FLOATS (GEMM_A_BLOCK_FLOATS + GEMM_ROUND_UP((size_t)GEMM_NC * GEMM_KC))
+static void *gemm_workspace_memory = NULL; // as allocated
+static float *gemm_workspace = NULL;       // its first 64-byte boundary
 static int gemm_workspace_threads = 0;
 
 // Call outside parallel regions, before any gemm.
 void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
-    free(gemm_workspace);
-    gemm_workspace = (float *)malloc_or_die(threads * GEMM_THREAD_FLOATS * sizeof(float), "gemm workspace");
+    free(gemm_workspace_memory);
+    gemm_workspace_memory = malloc_or_die((threads * GEMM_THREAD_FLOATS + GEMM_ALIGN_FLOATS) * sizeof(float), "gemm workspace");
+    const uintptr_t line = GEMM_ALIGN_FLOATS * sizeof(float);
+    gemm_workspace = (float *)(((uintptr_t)gemm_workspace_memory + line - 1) / line * line);
     gemm_workspace_threads = threads;
 }
 
 void gemm_workspace_release(void) {
-    free(gemm_workspace);
+    free(gemm_workspace_memory);
+    gemm_workspace_memory = NULL;
     gemm_workspace = NULL;
     gemm_workspace_threads = 0;
 }
@@ -516,7 +631,7 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
         return;
     }
     float *a_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
-    float *b_panels = a_panels + (size_t)GEMM_MC * GEMM_KC;
+    float *b_panels = a_panels + GEMM_A_BLOCK_FLOATS;
     for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
         const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
         for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
@@ -614,7 +729,8 @@ static inline uint64_t mix64(uint64_t z) {
 }
 
 // Dropout of one forward pass. Pass number `pass` of a run with seed `seed`
-// has key mix64(seed * G + pass); training pass k of update s is s * A + k.
+// has key mix64(seed * G + pass), G = HASH_GOLDEN. With A micro-batches per
+// update (--grad-accum A), micro-batch k of update s is pass s * A + k.
 typedef struct {
     float p;           // probability of dropping an element; 0: dropout off
     uint64_t key;      // this forward pass's key
@@ -704,12 +820,12 @@ static inline uint64_t dropout_attention_row_index(const DropoutSite *s, int b, 
 }
 
 // Row t of attention probabilities after dropout, for keys u = 0..t of head h
-// of sequence b: dropped[u] = p[u] * keep(b,h,t,u) / (1-p). The same mask
-// takes a gradient row dP' to dP (dropped may be p).
-void dropout_attention_row(float *dropped, const float *p, const DropoutSite *s, int b, int h, int NH, int t) {
+// of sequence b: dropped[u] = probs[u] * keep(b,h,t,u) / (1-p), p the drop
+// probability. The same mask takes a gradient row dP' to dP (dropped may be probs).
+void dropout_attention_row(float *dropped, const float *probs, const DropoutSite *s, int b, int h, int NH, int t) {
     const DropoutSite site = *s; // a local copy, as in dropout_row
     const uint64_t base = dropout_attention_row_index(&site, b, h, NH, t);
-    for (int u = 0; u <= t; u++) { dropped[u] = p[u] * dropout_factor(&site, base + u); }
+    for (int u = 0; u <= t; u++) { dropped[u] = probs[u] * dropout_factor(&site, base + u); }
 }
 
 // ----------------------------------------------------------------------------
@@ -1046,9 +1162,9 @@ void gelu_backward_inplace(float *d, const float *inp, size_t n) {
 // Attention in the last block, where only each sequence's last real
 // position t = lengths[b]-1 matters (it alone reaches the head): one query
 // per (b, h) against the keys and values of positions 0..t.
-//   p[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u p'[u] v_u
-// with p' = dropout(p) (p itself when dropout is off).
-// q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps p.
+//   probs[u] = softmax_u(q . k_u / sqrt(hs)),  u <= t;    out = sum_u probs'[u] v_u
+// with probs' = dropout(probs) (probs itself when dropout is off).
+// q and out are (B,C); qkv (B,T,3C) supplies k and v; att (B,NH,T) keeps probs.
 void last_attention_forward(float *out, float *att, const float *q, const float *qkv, const int *lengths,
                             int B, int T, int C, int NH, const DropoutSite *drop) {
     const int hs = C / NH;
@@ -1059,30 +1175,31 @@ void last_attention_forward(float *out, float *att, const float *q, const float 
             const int t = lengths[b] - 1;
             const float *qh = q + (size_t)b * C + h * hs;
             const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
-            float *p = att + ((size_t)b * NH + h) * T;
+            float *probs = att + ((size_t)b * NH + h) * T;
             float max_score = -FLT_MAX;
             for (int u = 0; u <= t; u++) {
                 float dot = 0.0f;
                 for (int i = 0; i < hs; i++) { dot += qh[i] * k[(size_t)u * 3 * C + i]; }
-                p[u] = dot * scale;
-                if (p[u] > max_score) { max_score = p[u]; }
+                probs[u] = dot * scale;
+                if (probs[u] > max_score) { max_score = probs[u]; }
             }
             float sum = 0.0f;
-            for (int u = 0; u <= t; u++) { p[u] = exp_fast(p[u] - max_score); sum += p[u]; }
-            for (int u = 0; u <= t; u++) { p[u] /= sum; }
+            for (int u = 0; u <= t; u++) { probs[u] = exp_fast(probs[u] - max_score); sum += probs[u]; }
+            for (int u = 0; u <= t; u++) { probs[u] /= sum; }
             const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float *o = out + (size_t)b * C + h * hs;
             for (int i = 0; i < hs; i++) { o[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
-                const float p_dropped = drop != NULL ? p[u] * dropout_factor(drop, mask_base + u) : p[u];
-                for (int i = 0; i < hs; i++) { o[i] += p_dropped * v[(size_t)u * 3 * C + i]; }
+                const float dropped = drop != NULL ? probs[u] * dropout_factor(drop, mask_base + u) : probs[u];
+                for (int i = 0; i < hs; i++) { o[i] += dropped * v[(size_t)u * 3 * C + i]; }
             }
         }
     }
 }
 
 // Its backward, from dO (B,C), as attention_backward:
-//   dv_u = p'[u] dO;   dp[u] = (dO . v_u) * keep[u] / (1-p);   ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]) / sqrt(hs)
+//   dv_u = probs'[u] dO;   dprobs[u] = (dO . v_u) * keep[u] / (1-p)   (p: the drop probability)
+//   ds[u] = probs[u] (dprobs[u] - sum_w probs[w] dprobs[w]) / sqrt(hs)
 //   dq = sum_u ds[u] k_u;   dk_u = ds[u] q
 // dq (B,C) is overwritten; so are the k and v parts of dqkv (B,T,3C), zero
 // past each sequence's last position. The q part of dqkv is not used.
@@ -1099,20 +1216,20 @@ void last_attention_backward(float *dq, float *dqkv, const float *dout, const fl
             const float *k = qkv + (size_t)b * T * 3 * C + C + h * hs, *v = k + C;
             float *dk = dqkv + (size_t)b * T * 3 * C + C + h * hs, *dv = dk + C;
             float *dqh = dq + (size_t)b * C + h * hs;
-            const float *p = att + ((size_t)b * NH + h) * T;
+            const float *probs = att + ((size_t)b * NH + h) * T;
             const uint64_t mask_base = drop != NULL ? dropout_attention_row_index(drop, b, h, NH, t) : 0;
             float weighted_sum = 0.0f;
-            for (int u = 0; u <= t; u++) { // dv, and dp kept in dk's first slot for now
+            for (int u = 0; u <= t; u++) { // dv, and dprobs kept in dk's first slot for now
                 const float factor = drop != NULL ? dropout_factor(drop, mask_base + u) : 1.0f; // keep / (1-p)
                 float dot = 0.0f;
                 for (int i = 0; i < hs; i++) { dot += dO[i] * v[(size_t)u * 3 * C + i]; }
-                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = p[u] * factor * dO[i]; }
+                for (int i = 0; i < hs; i++) { dv[(size_t)u * 3 * C + i] = probs[u] * factor * dO[i]; }
                 dk[(size_t)u * 3 * C] = dot * factor;
-                weighted_sum += p[u] * dot * factor;
+                weighted_sum += probs[u] * dot * factor;
             }
             for (int i = 0; i < hs; i++) { dqh[i] = 0.0f; }
             for (int u = 0; u <= t; u++) {
-                const float ds = p[u] * (dk[(size_t)u * 3 * C] - weighted_sum) * scale;
+                const float ds = probs[u] * (dk[(size_t)u * 3 * C] - weighted_sum) * scale;
                 for (int i = 0; i < hs; i++) {
                     dqh[i] += ds * k[(size_t)u * 3 * C + i];
                     dk[(size_t)u * 3 * C + i] = ds * qh[i];
@@ -1317,7 +1434,8 @@ void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[N
     }
 }
 
-// Buffers of the backward pass that hold one layer at a time.
+// Scratch that holds one layer at a time: the gradients of the backward pass,
+// and temporaries of both passes (gelu, branch and att_scratch).
 typedef struct {
     float *dresidual; // (B,T,C)   dL/d(residual stream), flows down through the layers
     float *dln;       // (B,T,C)   dL/d(LayerNorm output)
@@ -1326,7 +1444,7 @@ typedef struct {
     float *dfch;      // (B,T,4C)  dL/d(GELU output), then dL/d(fch)
     float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
     float *branch;    // (B,T,C)   with dropout: a residual branch before dropout, or its gradient
-    float *dscores;   // (threads, 2 ATTENTION_BLOCK, T)  attention's scratch
+    float *att_scratch; // (threads, 2 ATTENTION_BLOCK, T)  attention's blocks, forward and backward
     float *dpooled;   // (B,C)
     float *dlogits;   // (B,K)
     float *dlast;     // (B,C)     dL/d(last block's residual stream) at the last positions
@@ -1370,21 +1488,10 @@ typedef struct {
 } Batch;
 
 // ----------------------------------------------------------------------------
-// Checkpoints.
-//
-// Read: llm.c's GPT-2 checkpoint (magic 20240326, version 3: float32,
-// vocabulary padded to a multiple of 128), with no head; or this program's
-// fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
-// in header[8], the number of updates done in header[9], and the head
-// `score` (K,C) after the last llm.c tensor.
+// Random numbers: a small, seedable RNG (xorshift64*), so that initialisation
+// and the data order are reproducible everywhere. (Dropout masks do not use
+// it: they are hashes, see the dropout section.)
 
-#define LLMC_MAGIC 20240326
-#define LLMC_VERSION 3
-#define SFT_MAGIC 20261128
-#define SFT_VERSION 1
-#define HEADER_INTS 256
-
-// A small, seedable RNG (xorshift64*) so runs are reproducible everywhere.
 uint64_t rng_next(uint64_t *state) {
     *state ^= *state >> 12;
     *state ^= *state << 25;
@@ -1399,6 +1506,23 @@ float rng_normal(uint64_t *state) { // Box-Muller
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
 }
 uint64_t rng_seed(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL; }
+
+// ----------------------------------------------------------------------------
+// Checkpoints.
+//
+// Read: llm.c's GPT-2 checkpoint (magic 20240326, version 3: float32,
+// vocabulary padded to a multiple of 128), with no head; or this program's
+// fine-tuned checkpoint (magic 20261128, version 1), the same plus num_labels
+// in header[8], the number of updates done in header[9], and the head
+// `score` (K,C) after the last llm.c tensor. When header[10] is 1 (a --save
+// of a training run) the AdamW moments follow, see "Training state" below.
+
+#define LLMC_MAGIC 20240326
+#define LLMC_VERSION 3
+#define SFT_MAGIC 20261128
+#define SFT_VERSION 1
+#define HEADER_INTS 256
+#define SFT_MOMENTS_SLOT 10 // header[10] = 1: the AdamW moments m and v follow the parameters
 
 // The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
 void init_classifier_head(float *score, size_t n, uint64_t seed) {
@@ -1448,9 +1572,10 @@ void validate_config(const GPT2Config *cfg, const char *source) {
 // Reads and checks a checkpoint's header against the file size, before any
 // allocation. `num_labels` is the head size wanted: for an llm.c checkpoint
 // (no head) it sets the head, 0 meaning 2; for a fine-tuned one it must be 0
-// or equal the file's. Returns 1, or 0 with the reason in `error`.
+// or equal the file's. *has_moments: whether the AdamW moments follow the
+// parameters. Returns 1, or 0 with the reason in `error`.
 int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labels, GPT2Config *cfg,
-                            int *has_head, int *step, char *error, size_t error_size) {
+                            int *has_head, int *step, int *has_moments, char *error, size_t error_size) {
     if (size < HEADER_INTS * 4) { snprintf(error, error_size, "file is %zu bytes, too small for a checkpoint header", size); return 0; }
     const int32_t magic = read_i32(data), version = read_i32(data + 4);
     if (magic == LLMC_MAGIC) {
@@ -1473,10 +1598,16 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
     cfg->channels = read_i32(data + 4 * 6);
     cfg->padded_vocab_size = read_i32(data + 4 * 7);
     *step = 0;
+    *has_moments = 0;
     if (*has_head) {
         cfg->num_labels = read_i32(data + 4 * 8);
         *step = read_i32(data + 4 * 9);
         if (*step < 0) { snprintf(error, error_size, "negative step count %d in the header", *step); return 0; }
+        *has_moments = read_i32(data + 4 * SFT_MOMENTS_SLOT);
+        if (*has_moments != 0 && *has_moments != 1) {
+            snprintf(error, error_size, "header[%d] is %d, not 0 or 1 (whether the AdamW moments follow)", SFT_MOMENTS_SLOT, *has_moments);
+            return 0;
+        }
         if (num_labels != 0 && num_labels != cfg->num_labels) {
             snprintf(error, error_size, "the checkpoint has %d labels but %d were requested", cfg->num_labels, num_labels);
             return 0;
@@ -1488,9 +1619,11 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
     size_t sizes[NUM_PARAMETER_TENSORS], stored = 0;
     parameter_sizes(sizes, *cfg);
     for (int i = 0; i < NUM_PARAMETER_TENSORS - (*has_head ? 0 : 1); i++) { stored += sizes[i]; }
-    if ((size - HEADER_INTS * 4) % sizeof(float) != 0 || (size - HEADER_INTS * 4) / sizeof(float) != stored) {
-        snprintf(error, error_size, "file is %zu bytes but its header describes %zu bytes (truncated, or wrong configuration)",
-                 size, HEADER_INTS * 4 + stored * sizeof(float));
+    // the parameters, or the parameters, m and v: compared by division, as 3 x stored may not fit a size_t
+    const size_t copies = *has_moments ? 3 : 1, payload = size - HEADER_INTS * 4;
+    if (payload % (copies * sizeof(float)) != 0 || payload / (copies * sizeof(float)) != stored) {
+        snprintf(error, error_size, "file is %zu bytes but its header describes %.0f bytes (truncated, or wrong configuration)",
+                 size, HEADER_INTS * 4 + (double)copies * sizeof(float) * (double)stored);
         return 0;
     }
     return 1;
@@ -1503,12 +1636,12 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     model->loss = -1.0f;
     require_little_endian();
     MappedFile file;
-    if (map_file(&file, path) != 0) {
-        fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, strerror(errno));
-    }
+    const char *why = map_file(&file, path);
+    if (why != NULL) { fail("cannot open checkpoint %s: %s (make one with dev/train_gpt2_sft.py, or see README)", path, why); }
     char error[256];
-    int has_head, step;
-    if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, error, sizeof(error))) {
+    int has_head, step, has_moments; // the moments are read by load_training_state, for --resume only
+    if (!checkpoint_parse_header(file.data, file.size, num_labels, &model->config, &has_head, &step, &has_moments,
+                                 error, sizeof(error))) {
         fail("%s: %s", path, error);
     }
     model->step = step;
@@ -1523,17 +1656,23 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     }
 }
 
-// Writes the fine-tuned checkpoint (write_file_atomically: an interrupted save
-// never destroys the old file).
-void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
-    int32_t header[HEADER_INTS];
-    memset(header, 0, sizeof(header));
+// The header of a fine-tuned checkpoint of the model, without moments.
+void sft_checkpoint_header(int32_t header[HEADER_INTS], const GPT2 *model) {
+    memset(header, 0, HEADER_INTS * sizeof(int32_t));
     const GPT2Config *cfg = &model->config;
     header[0] = SFT_MAGIC; header[1] = SFT_VERSION;
     header[2] = cfg->max_seq_len; header[3] = cfg->vocab_size; header[4] = cfg->num_layers;
     header[5] = cfg->num_heads; header[6] = cfg->channels; header[7] = cfg->padded_vocab_size;
     header[8] = cfg->num_labels; header[9] = model->step;
-    write_file_atomically(path, header, sizeof(header), model->params_memory, NULL, model->num_parameters);
+}
+
+// Writes the fine-tuned checkpoint, parameters only (write_file_atomically:
+// an interrupted save never destroys the old file). save_run adds the moments.
+void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
+    int32_t header[HEADER_INTS];
+    sft_checkpoint_header(header, model);
+    const float *const arrays[1] = {model->params_memory};
+    write_file_atomically(path, header, sizeof(header), arrays, 1, model->num_parameters);
 }
 
 // ----------------------------------------------------------------------------
@@ -1567,7 +1706,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
                                            (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
                                            B * C, B * K, B * C, B * C, B * C};
     float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
-                                      &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.dscores,
+                                      &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.att_scratch,
                                       &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
                                       &model->bufs.dlast_q, &model->bufs.dlast_ln1};
     size_t buf_total = 0;
@@ -1649,7 +1788,7 @@ void block_forward(GPT2 *model, int l, const float *input) {
     layernorm_forward(ln1, ln1_mean, ln1_rstd, input, p.ln1w + l * C, p.ln1b + l * C, N, C);
     fill_rows_with_bias(qkv, 3 * C, p.qkvb + l * 3 * C, N, 3 * C);
     matmul_forward_accumulate(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
-    attention_forward(atty, att, model->bufs.dscores, qkv, B, T, C, NH, drop.probs);
+    attention_forward(atty, att, model->bufs.att_scratch, qkv, B, T, C, NH, drop.probs);
     residual_branch_forward(residual2, input, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C,
                             branch, N, C, C, drop.attention);
 
@@ -1783,7 +1922,7 @@ void block_backward(GPT2 *model, int l, const float *input) {
     const float *dattention = dropout_backward(d.branch, d.dresidual, drop.attention, N, C);
     matmul_backward(d.datty, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dattention,
                     atty, p.attprojw + (size_t)l * C * C, N, C, C);
-    attention_backward(d.dqkv, d.dscores, d.datty, qkv, att, B, T, C, NH, drop.probs);
+    attention_backward(d.dqkv, d.att_scratch, d.datty, qkv, att, B, T, C, NH, drop.probs);
     matmul_backward(d.dln, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.dqkv,
                     ln1, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
     layernorm_backward(d.dresidual, g.ln1w + l * C, g.ln1b + l * C, d.dln, input,
@@ -1901,9 +2040,14 @@ float gradient_norm(const float *grads, size_t n) {
     #pragma omp parallel for schedule(static)
     for (long c = 0; c < num_chunks; c++) {
         const size_t start = (size_t)c * chunk, end = start + chunk < n ? start + chunk : n;
-        double sum = 0.0;
-        for (size_t i = start; i < end; i++) { sum += (double)grads[i] * grads[i]; }
-        partial[c] = sum;
+        // eight running sums, so the adds need not wait for each other (and vectorize)
+        double sums[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        size_t i = start;
+        for (; i + 8 <= end; i += 8) {
+            for (int j = 0; j < 8; j++) { sums[j] += (double)grads[i + j] * grads[i + j]; }
+        }
+        for (; i < end; i++) { sums[0] += (double)grads[i] * grads[i]; }
+        partial[c] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
     }
     double total = 0.0;
     for (long c = 0; c < num_chunks; c++) { total += partial[c]; }
@@ -2048,6 +2192,7 @@ void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq
 #define DATA_MAGIC 20261127
 #define DATA_VERSION 1
 #define DATA_HEADER_BYTES 1024
+#define MAX_STARS 10 // star ratings are 1..MAX_STARS, 0 when unrated
 
 typedef struct {
     const char *path;
@@ -2059,12 +2204,12 @@ typedef struct {
     const int64_t *offsets;  // (N) start of each example in tokens
     const int32_t *lengths;  // (N)
     const int32_t *labels;   // (N) 0..num_labels-1, or -1 when unlabelled
-    const int32_t *stars;    // (N) 1..10, 0 when unknown
+    const int32_t *stars;    // (N) 1..MAX_STARS, 0 when unrated
     const uint16_t *tokens;  // (num_tokens)
 } Dataset;
 
 // Checks a dataset held in memory completely (header, sizes, offsets,
-// lengths, labels, every token id) and points d's arrays into it. Returns 1,
+// lengths, labels, star ratings, every token id) and points d's arrays into it. Returns 1,
 // or 0 with the reason in `error`. vocab_size: the model's, which the data
 // must have been tokenized for; 0 when the model is not known yet.
 int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_size, char *error, size_t error_size) {
@@ -2108,6 +2253,10 @@ int dataset_parse(Dataset *d, const unsigned char *h, size_t size, int vocab_siz
             snprintf(error, error_size, "example %zu has label %d, out of range for %d labels", i, label, d->num_labels);
             return 0;
         }
+        if (d->stars[i] < 0 || d->stars[i] > MAX_STARS) { // regression trains on them
+            snprintf(error, error_size, "example %zu has star rating %d, out of range 0..%d (0: unrated)", i, d->stars[i], MAX_STARS);
+            return 0;
+        }
         next += d->lengths[i];
     }
     if (next != d->num_tokens) {
@@ -2128,7 +2277,8 @@ void dataset_open(Dataset *d, const char *path, int vocab_size) {
     memset(d, 0, sizeof(*d));
     d->path = path;
     require_little_endian();
-    if (map_file(&d->file, path) != 0) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, strerror(errno)); }
+    const char *why = map_file(&d->file, path);
+    if (why != NULL) { fail("cannot open dataset %s: %s (make it with prepro_imdb.py)", path, why); }
     char error[256];
     if (!dataset_parse(d, d->file.data, d->file.size, vocab_size, error, sizeof(error))) { fail("%s: %s", path, error); }
 }
@@ -2344,16 +2494,14 @@ void print_eval_details(const EvalResult *r) {
 }
 
 // ----------------------------------------------------------------------------
-// Training state for --resume: the AdamW moments and the step, beside the
-// checkpoint in PATH.state (format in dev/FORMATS.md section 2b). save_run
-// writes both so that an interrupted save leaves a matching pair; both record
-// the step, so a pair from different moments is refused.
-
-#define STATE_MAGIC 20261130
-#define STATE_VERSION 1
+// Training state for --resume, inside the checkpoint that --save writes
+// (dev/FORMATS.md section 2): header[10] = 1, the run's identity in
+// header[11..17], and after the parameters the AdamW moments m and v
+// (num_parameters each, parameter order). One file, written at once, cannot
+// pair parameters and moments of different steps.
 
 typedef struct {
-    int step;          // optimizer updates done
+    int step;          // optimizer updates done: the checkpoint's step
     int total_steps;
     int batch_size;    // of a micro-step, all ranks: ranks x --batch-size
     int grad_accum, max_len;
@@ -2361,66 +2509,46 @@ typedef struct {
     uint64_t seed;
 } RunIdentity;
 
-void save_training_state(const GPT2 *model, const char *checkpoint_path, const RunIdentity *run) {
-    int32_t header[HEADER_INTS];
-    memset(header, 0, sizeof(header));
-    header[0] = STATE_MAGIC; header[1] = STATE_VERSION;
-    header[2] = run->step; header[3] = run->total_steps;
-    header[4] = run->batch_size; header[5] = run->grad_accum; header[6] = run->max_len;
-    memcpy(header + 7, &run->dropout, 4);
-    const uint64_t n = model->num_parameters;
-    memcpy(header + 8, &n, 8);
-    memcpy(header + 10, &run->seed, 8);
-    char *path = path_with_suffix(checkpoint_path, ".state");
-    write_file_atomically(path, header, sizeof(header), model->m_memory, model->v_memory, model->num_parameters);
-    free(path);
-}
-
-int state_file_has_step(const char *path, int step) {
-    MappedFile f;
-    if (map_file(&f, path) != 0) { return 0; }
-    const int ok = f.size >= HEADER_INTS * 4 && read_i32(f.data) == STATE_MAGIC && read_i32(f.data + 8) == step;
-    unmap_file(&f);
-    return ok;
-}
-
+// Loads the moments from checkpoint_path, from which the model was just
+// loaded at step `checkpoint_step`; the saved run must have the same identity.
 void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIdentity *run, int checkpoint_step) {
-    char *path = path_with_suffix(checkpoint_path, ".state");
-    if (!state_file_has_step(path, checkpoint_step)) { // a save was interrupted: the previous state may match
-        char *prev = path_with_suffix(checkpoint_path, ".state.prev");
-        if (state_file_has_step(prev, checkpoint_step)) { free(path); path = prev; } else { free(prev); }
-    }
+    const char *path = checkpoint_path;
     MappedFile f;
-    if (map_file(&f, path) != 0) { fail("cannot open %s to resume: %s", path, strerror(errno)); }
-    if (f.size < HEADER_INTS * 4 || read_i32(f.data) != STATE_MAGIC || read_i32(f.data + 4) != STATE_VERSION) {
-        fail("%s: not a version %d training state", path, STATE_VERSION);
+    const char *why = map_file(&f, path);
+    if (why != NULL) { fail("cannot open %s to resume: %s", path, why); }
+    GPT2Config cfg;
+    int has_head, step, has_moments;
+    char error[256];
+    if (!checkpoint_parse_header(f.data, f.size, model->config.num_labels, &cfg, &has_head, &step, &has_moments,
+                                 error, sizeof(error))) {
+        fail("%s: %s", path, error);
     }
-    uint64_t n, seed;
-    float dropout; // zero in states saved before dropout existed, which trained without it
-    memcpy(&dropout, f.data + 28, 4);
-    memcpy(&n, f.data + 32, 8);
-    memcpy(&seed, f.data + 40, 8);
-    const int step = read_i32(f.data + 8);
-    if (n != model->num_parameters || f.size != HEADER_INTS * 4 + 2 * n * sizeof(float)) {
-        fail("%s: size does not match the checkpoint's %zu parameters", path, model->num_parameters);
+    if (!has_moments) {
+        fail("%s: no optimizer state to resume from (--save writes it into the checkpoint; an older version's PATH.state is not read)", path);
     }
-    if (step != checkpoint_step) { fail("%s: state of step %d does not belong to the checkpoint of step %d", path, step, checkpoint_step); }
+    const size_t n = model->num_parameters;
+    if (step != checkpoint_step || (f.size - HEADER_INTS * 4) / (3 * sizeof(float)) != n) {
+        fail("%s: changed while it was being loaded", path);
+    }
+    uint64_t seed;
+    float dropout;
+    memcpy(&dropout, f.data + 4 * 15, 4);
+    memcpy(&seed, f.data + 4 * 16, 8);
     // over MPI another number of ranks continues the run as well, with the same global batch
-    if (read_i32(f.data + 16) != run->batch_size) {
-        fail("%s: the saved run had a batch of %d examples (ranks x --batch-size), this one has %d x %d; --resume needs the same",
-             path, read_i32(f.data + 16), dp_size, run->batch_size / dp_size);
+    if (read_i32(f.data + 4 * 12) != run->batch_size) {
+        fail("%s: --resume needs the same batch: the saved run's had %d examples (ranks x --batch-size), this one's %d x %d",
+             path, read_i32(f.data + 4 * 12), dp_size, run->batch_size / dp_size);
     }
-    if (read_i32(f.data + 12) != run->total_steps || read_i32(f.data + 16) != run->batch_size ||
-        read_i32(f.data + 20) != run->grad_accum || read_i32(f.data + 24) != run->max_len || dropout != run->dropout ||
-        seed != run->seed) {
+    if (read_i32(f.data + 4 * 11) != run->total_steps || read_i32(f.data + 4 * 12) != run->batch_size ||
+        read_i32(f.data + 4 * 13) != run->grad_accum || read_i32(f.data + 4 * 14) != run->max_len ||
+        dropout != run->dropout || seed != run->seed) {
         fail("%s: --resume needs the same --epochs/--max-steps, --batch-size, --grad-accum, --max-len, --dropout and --seed as the saved run", path);
     }
     model->m_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW m");
     model->v_memory = (float *)malloc_or_die(n * sizeof(float), "AdamW v");
-    memcpy(model->m_memory, f.data + HEADER_INTS * 4, n * sizeof(float));
-    memcpy(model->v_memory, f.data + HEADER_INTS * 4 + n * sizeof(float), n * sizeof(float));
+    memcpy(model->m_memory, f.data + HEADER_INTS * 4 + n * sizeof(float), n * sizeof(float));
+    memcpy(model->v_memory, f.data + HEADER_INTS * 4 + 2 * n * sizeof(float), n * sizeof(float));
     unmap_file(&f);
-    free(path);
 }
 
 // ----------------------------------------------------------------------------
@@ -2580,6 +2708,8 @@ void format_duration(char *out, size_t n, double seconds) {
 // j runs on rank j % N and rank 0 writes the merged logits.
 void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
     const int K = model->config.num_labels, B = args->batch_size;
+    const char *special = not_a_regular_file(args->output_path);
+    if (special != NULL) { fail("--output %s: %s; give a file name", args->output_path, special); }
     char *tmp_path = path_with_suffix(args->output_path, ".tmp");
     FILE *f = NULL;
     if (dp_rank == 0) {
@@ -2637,38 +2767,39 @@ void print_eval(const char *tag, int step, const EvalResult *r) {
     printf("%s step %d: examples %lld loss %.4f accuracy %.4f\n", tag, step, (long long)r->examples, r->loss, r->accuracy);
 }
 
-// The new checkpoint is written in full as PATH.next first; the state that
-// matches the checkpoint still at PATH is kept as PATH.state.prev; then the new
-// state and PATH.next are renamed into place. A kill at any moment leaves
-// PATH with a matching PATH.state or PATH.state.prev, which --resume finds.
 // Fails at the start, not after hours of training, when --save PATH could
-// not be written: PATH.tmp must be creatable and PATH must not be a directory.
+// not be written: PATH must be a regular file or not exist, and PATH.tmp
+// must be creatable.
 void check_save_path(const char *path) {
+    const char *special = not_a_regular_file(path);
+    if (special != NULL) { fail("--save %s: %s; give a file name", path, special); }
     char *tmp_path = path_with_suffix(path, ".tmp");
     FILE *f = fopen(tmp_path, "wb");
     if (f == NULL) { fail("--save %s: cannot create %s: %s", path, tmp_path, strerror(errno)); }
     fclose(f);
     remove(tmp_path);
     free(tmp_path);
-    f = fopen(path, "r+b"); // opens an existing file without changing it; creates nothing
-    if (f != NULL) { fclose(f); }
-#ifdef EISDIR
-    else if (errno == EISDIR) { fail("--save %s: is a directory; give a file name", path); }
-#endif
 }
 
+// The save protocol: the parameters, the run's identity and the AdamW moments
+// go into one file, PATH.tmp, which is flushed to disk and then renamed over
+// PATH (write_file_atomically). A run killed at any moment leaves PATH as it
+// was before the save or as it is after it, each loadable and resumable; at
+// worst a stale PATH.tmp stays behind, which the next save overwrites.
 void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     if (!dp_identical_on_all_ranks(model->params_memory, model->num_parameters)) {
         fail("step %d: the ranks' parameters differ (their gradient sums differed); not saving", model->step);
     }
     if (dp_rank != 0) { return; } // rank 0 alone writes
-    char *next = path_with_suffix(path, ".next");
-    char *state = path_with_suffix(path, ".state"), *prev = path_with_suffix(path, ".state.prev");
-    gpt2_save_checkpoint(model, next);
-    replace_file(state, prev); // fails harmlessly on the first save
-    save_training_state(model, path, run);
-    if (replace_file(next, path) != 0) { remove(next); fail("cannot rename %s to %s: %s", next, path, strerror(errno)); }
-    free(next); free(state); free(prev);
+    if (model->m_memory == NULL) { fail("save_run: no optimizer state before the first update"); }
+    int32_t header[HEADER_INTS];
+    sft_checkpoint_header(header, model);
+    header[SFT_MOMENTS_SLOT] = 1;
+    header[11] = run->total_steps; header[12] = run->batch_size; header[13] = run->grad_accum; header[14] = run->max_len;
+    memcpy(header + 15, &run->dropout, 4);
+    memcpy(header + 16, &run->seed, 8);
+    const float *const arrays[3] = {model->params_memory, model->m_memory, model->v_memory};
+    write_file_atomically(path, header, sizeof(header), arrays, 3, model->num_parameters);
     printf("saved %s (step %d)\n", path, model->step);
 }
 
@@ -2818,6 +2949,7 @@ int main(int argc, char **argv) {
 #else
     if (args.threads > 1) { fprintf(stderr, "warning: built without OpenMP; --threads ignored\n"); }
 #endif
+    printf("matmul kernel: %s, tile %dx%d\n", GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR);
     Dataset train_set, test_set;
     const int training = args.predict_path == NULL;
     int data_labels = 0;

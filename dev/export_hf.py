@@ -6,7 +6,8 @@ Export a train_gpt2_sft checkpoint as a Hugging Face GPT2ForSequenceClassificati
                              [--vocab-dir DIR | --no-tokenizer]
 
 CKPT is a fine-tuned (SFT) checkpoint written by `train_gpt2_sft --save`
-(dev/FORMATS.md section 2), or an llm.c GPT-2 checkpoint (section 1), which has
+(dev/FORMATS.md section 2; the AdamW moments it holds are not exported), or an
+llm.c GPT-2 checkpoint (section 1), which has
 no classifier head: then `score.weight` is not written, and Hugging Face
 initialises a random head of --num-labels outputs (default 2) when it loads it.
 
@@ -93,13 +94,15 @@ def read_header(path):
     if magic == SFT_MAGIC:
         if version != SFT_VERSION:
             raise ExportError(f"{path}: fine-tuned checkpoint version {version}, expected {SFT_VERSION}")
-        kind, num_labels, step = "sft", h[8], h[9]
+        kind, num_labels, step, moments = "sft", h[8], h[9], h[10]
         if num_labels < 1:
             raise ExportError(f"{path}: invalid num_labels {num_labels} in the header")
+        if moments not in (0, 1):
+            raise ExportError(f"{path}: header[10] is {moments}, not 0 or 1 (whether the AdamW moments follow)")
     elif magic == LLMC_MAGIC:
         if version != LLMC_VERSION:
             raise ExportError(f"{path}: llm.c checkpoint version {version}, expected {LLMC_VERSION} (float32)")
-        kind, num_labels, step = "llmc", None, 0
+        kind, num_labels, step, moments = "llmc", None, 0, 0
     else:
         raise ExportError(f"{path}: bad magic {magic} (expected {SFT_MAGIC} fine-tuned or {LLMC_MAGIC} llm.c)")
     maxT, V, L, H, C, Vp = h[2:8]
@@ -113,8 +116,9 @@ def read_header(path):
     if num_labels is not None:
         shapes.append(("score", (num_labels, C)))
     total = sum(_numel(s) for _, s in shapes)
-    if size != HEADER_BYTES + 4 * total:
-        raise ExportError(f"{path}: {size} bytes, expected {HEADER_BYTES + 4 * total} for its header "
+    expected = HEADER_BYTES + 4 * total * (3 if moments else 1)   # a --save file: parameters, then m and v
+    if size != expected:
+        raise ExportError(f"{path}: {size} bytes, expected {expected} for its header "
                           f"(L {L}, H {H}, C {C}, maxT {maxT}, Vp {Vp}, labels {num_labels})")
     return {"kind": kind, "max_seq_len": maxT, "vocab_size": V, "num_layers": L, "num_heads": H,
             "channels": C, "padded_vocab_size": Vp, "num_labels": num_labels, "step": step,

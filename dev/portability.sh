@@ -4,7 +4,7 @@
 #
 #   dev/portability.sh --quick   gcc and clang, with and without OpenMP:
 #                                warning-free builds (also `make NO_OMP=1`),
-#                                the tiny reference test, a short training run
+#                                the self-check and tiny reference test, a short training run
 #   dev/portability.sh           all of --quick, then -O0 builds, tcc,
 #                                aarch64 / riscv64 / armhf under qemu, s390x
 #                                (big-endian: must refuse), MinGW-w64 and wine
@@ -137,16 +137,23 @@ summarize_diags() {
 
 # tiny_test RUNNER... BINARY: the tiny reference test, in a fresh directory
 # (the test writes build/test_roundtrip_checkpoint.bin relative to it).
-tiny_test() {
+tiny_test() { # COMMAND...: test_sft's self-check (no arguments), then its tiny-model test
     local dir; dir=$(mktemp -d "$WORK/run/t.XXXX"); mkdir -p "$dir/build"
-    local out rc
-    # (tr: programs run under wine end their lines with \r\n)
-    out=$(cd "$dir" && timeout "$TEST_TIMEOUT" "$@" "${TINY[@]}" 2>&1 | tr -d '\r'); rc=$?
-    echo "$out"
-    local line; line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
-    if [ $rc -eq 0 ] && echo "$line" | grep -q ' 0 failed$'; then note "test: $line"; return 0; fi
-    note "test: ${line:-no result line} (exit $rc)"
-    return 1
+    local out rc line lines="" status=0 args
+    for args in self tiny; do
+        # (tr: programs run under wine end their lines with \r\n)
+        if [ $args = self ]; then
+            out=$(cd "$dir" && timeout "$TEST_TIMEOUT" "$@" 2>&1 | tr -d '\r'); rc=$?
+        else
+            out=$(cd "$dir" && timeout "$TEST_TIMEOUT" "$@" "${TINY[@]}" 2>&1 | tr -d '\r'); rc=$?
+        fi
+        echo "$out"
+        line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+        lines="$lines${lines:+; }$args: ${line:-no result line} (exit $rc)"
+        { [ $rc -eq 0 ] && echo "$line" | grep -q ' 0 failed$'; } || status=1
+    done
+    note "test: $lines"
+    return $status
 }
 
 # A small labelled dataset in the format of dev/FORMATS.md (16 train, 8 test).
@@ -174,9 +181,9 @@ DATA_OK=0
 make_datasets && DATA_OK=1
 
 # smoke RUNNER... BINARY: 6 training steps saving at steps 2, 4 and 6 (so the
-# checkpoint and its .state, and .state.prev where the trainer keeps one, are
-# replaced), then predictions written twice to the same file: replacing an
-# existing file must work (Windows' rename does not replace).
+# checkpoint, which holds the AdamW moments, is replaced), then predictions
+# written twice to the same file: replacing an existing file must work
+# (Windows' rename does not replace).
 smoke() {
     need_ref
     [ "$DATA_OK" = 1 ] || skip "python3 not installed, no test dataset (apt-get install python3)"
@@ -187,13 +194,10 @@ smoke() {
     timeout "$TEST_TIMEOUT" "$@" -m "${TINY[0]}" --train "$D/train.bin" --test "$D/test.bin" --max-len 16 \
         --batch-size 2 --max-steps 6 --save-every 2 --save out.bin --log-every 1 2>err.txt ||
         { cat err.txt; note "training failed: $(tr -d '\r' < err.txt | tail -n 1)"; return 1; }
-    [ -f out.bin ] && [ -f out.bin.state ] || { note "no checkpoint written"; return 1; }
-    local step; step=$(od -An -t d4 -j 8 -N 4 out.bin.state | tr -d ' ')
-    [ "$step" = 6 ] || { note "out.bin.state holds step $step, not 6"; return 1; }
-    if [ -f out.bin.state.prev ]; then
-        step=$(od -An -t d4 -j 8 -N 4 out.bin.state.prev | tr -d ' ')
-        [ "$step" = 4 ] || { note "out.bin.state.prev holds step $step, not 4"; return 1; }
-    fi
+    [ -f out.bin ] || { note "no checkpoint written"; return 1; }
+    local step moments  # header[9] and header[10] (dev/FORMATS.md section 2)
+    step=$(od -An -t d4 -j 36 -N 4 out.bin | tr -d ' '); moments=$(od -An -t d4 -j 40 -N 4 out.bin | tr -d ' ')
+    [ "$step" = 6 ] && [ "$moments" = 1 ] || { note "out.bin holds step $step and moments flag $moments, not 6 and 1"; return 1; }
     local i
     for i in 1 2; do
         timeout "$TEST_TIMEOUT" "$@" -m out.bin --predict "$D/test.bin" --output pred.csv --max-len 16 2>err.txt ||

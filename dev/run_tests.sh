@@ -6,10 +6,12 @@ set -u
 total_passed=0
 total_failed=0
 status=0
+start=$(date +%s)
 for suite in "$@"; do
     name="${suite%%::*}"
     cmd="${suite#*::}"
     echo "=== $name: $cmd"
+    t0=$(date +%s)
     log=$(mktemp)
     bash -c "$cmd" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
@@ -27,7 +29,8 @@ for suite in "$@"; do
         status=1
         if [ "$f" -eq 0 ]; then total_failed=$((total_failed + 1)); fi
     fi
-    echo "=== $name: $line (exit $rc)"
+    echo "=== $name: $line (exit $rc) in $(( $(date +%s) - t0 )) s"
 done
+echo "=== $# suites in $(( $(date +%s) - start )) s"
 echo "$total_passed passed, $total_failed failed"
 exit $status

@@ -20,7 +20,6 @@ All binary formats are described in dev/FORMATS.md:
 
 Subcommands (run with -h for the options of each):
   random        write a randomly initialised llm.c checkpoint
-  import-hf     convert a Hugging Face GPT-2 checkpoint (safetensors or .bin)
   debug-state   write the reference forward/backward/AdamW trace for test_sft.c
   test-inputs   generate every file the C test needs (skips existing files)
   selftest      check the HF round trip and the model against an independent
@@ -30,7 +29,9 @@ Shapes in comments: B = batch size, T = padded sequence length, C = channels,
 H = heads, hd = C/H head size, L = layers, V = vocab size, Vp = padded vocab,
 K = num_labels.
 
-Only torch and numpy are used (safetensors files are parsed by hand).
+Only torch and numpy are used. Converting a Hugging Face checkpoint is
+dev/import_hf.py's job (standard library only for model.safetensors); the
+selftest checks it against to_hf_state_dict and write_safetensors here.
 """
 
 import argparse
@@ -47,6 +48,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import import_hf as hf_import  # noqa: E402  (dev/import_hf.py, checked by the selftest)
 
 # ----------------------------------------------------------------------------
 # constants of the file formats (dev/FORMATS.md)
@@ -231,20 +235,23 @@ def read_checkpoint(path):
     if magic == LLMC_MAGIC:
         if version != LLMC_VERSION:
             raise SFTError(f"{path}: llm.c checkpoint version {version}, expected {LLMC_VERSION} (float32)")
-        num_labels = None
+        num_labels, copies = None, 1
     elif magic == SFT_MAGIC:
         if version != SFT_VERSION:
             raise SFTError(f"{path}: SFT checkpoint version {version}, expected {SFT_VERSION}")
         num_labels = int(header[8])
         if num_labels < 1:
             raise SFTError(f"{path}: invalid num_labels {num_labels}")
+        if header[10] not in (0, 1):
+            raise SFTError(f"{path}: header[10] is {int(header[10])}, not 0 or 1")
+        copies = 1 + 2 * int(header[10])   # header[10] = 1: the AdamW moments m and v follow (not read here)
     else:
         raise SFTError(f"{path}: bad magic {magic} (expected {LLMC_MAGIC} llm.c or {SFT_MAGIC} SFT)")
     cfg = GPT2Config(*[int(x) for x in header[2:8]])
     cfg.validate(path)
     shapes = param_shapes(cfg, num_labels)
     total = sum(num_elements(s) for _, s in shapes)
-    expected = HEADER_BYTES + 4 * total
+    expected = HEADER_BYTES + 4 * total * copies
     if size != expected:
         raise SFTError(f"{path}: size {size} bytes, expected {expected} for {cfg}")
     flat = torch.from_numpy(np.fromfile(path, dtype="<f4", offset=HEADER_BYTES, count=total).astype(np.float32, copy=False))
@@ -585,50 +592,8 @@ def make_optimizer(model, lr, betas, eps, weight_decay, warmup, total):
 
 
 # ----------------------------------------------------------------------------
-# Hugging Face checkpoints: safetensors reader/writer, .bin reader, import
-
-ST_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
-
-
-def read_safetensors(path):
-    """Parse a .safetensors file with the standard library (+ numpy for dtype conversion).
-
-    Layout: uint64 LE header length n, n bytes of JSON {name: {dtype, shape,
-    data_offsets: [begin, end]}, "__metadata__": {...}}, then the raw data with
-    offsets relative to the end of the header. Returns {name: float32 tensor}.
-    """
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise SFTError(f"{path}: too small for a safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise SFTError(f"{path}: safetensors header length {n} exceeds file size")
-    try:
-        header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SFTError(f"{path}: bad safetensors JSON header ({e})")
-    data = memoryview(raw)[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in ST_DTYPES:
-            raise SFTError(f"{path}: tensor {name} has unsupported dtype {dtype} (F32, F16, BF16 only)")
-        count = num_elements(shape)
-        if end - begin != count * ST_DTYPES[dtype] or end > len(data):
-            raise SFTError(f"{path}: tensor {name} has inconsistent data_offsets")
-        buf = data[begin:end]
-        if dtype == "F32":
-            arr = np.frombuffer(buf, dtype="<f4").astype(np.float32)
-        elif dtype == "F16":
-            arr = np.frombuffer(buf, dtype="<f2").astype(np.float32)
-        else:  # BF16: the top 16 bits of a float32
-            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        out[name] = torch.from_numpy(arr.reshape(shape).copy())
-    return out
-
+# Hugging Face checkpoints: the safetensors writer and the HF names, with which
+# the selftest makes inputs for dev/import_hf.py (the import itself)
 
 def write_safetensors(path, tensors, dtype="F32"):
     """Write {name: tensor} as a .safetensors file (F32, F16 or BF16; BF16 truncates)."""
@@ -685,111 +650,6 @@ def to_hf_state_dict(cfg, params, score=None, prefix=""):
     if score is not None:
         sd["score.weight"] = score
     return sd
-
-
-def read_safetensors_metadata(path):
-    """The "__metadata__" dict of a .safetensors file ({} if none)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        try:
-            return json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-
-
-def load_hf_tensors(input_path):
-    """Find and load an HF checkpoint. Returns (tensors, config_dict or None, metadata dict)."""
-    if os.path.isdir(input_path):
-        candidates = [os.path.join(input_path, n) for n in ("model.safetensors", "pytorch_model.bin")]
-        found = [c for c in candidates if os.path.isfile(c)]
-        if not found:
-            raise SFTError(f"{input_path}: no model.safetensors or pytorch_model.bin in this folder")
-        file_path, config_dir = found[0], input_path
-    elif os.path.isfile(input_path):
-        file_path, config_dir = input_path, os.path.dirname(os.path.abspath(input_path))
-    else:
-        raise SFTError(f"{input_path}: no such file or folder")
-    metadata = {}
-    if file_path.endswith(".safetensors"):
-        tensors = read_safetensors(file_path)
-        metadata = read_safetensors_metadata(file_path)
-    else:
-        try:
-            try:
-                obj = torch.load(file_path, map_location="cpu", weights_only=True)
-            except TypeError:  # older torch without weights_only
-                obj = torch.load(file_path, map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - report any unpickling failure as one line
-            raise SFTError(f"{file_path}: cannot load with torch.load ({e})")
-        if not isinstance(obj, dict):
-            raise SFTError(f"{file_path}: expected a state dict")
-        tensors = {k: v.to(torch.float32) for k, v in obj.items() if torch.is_tensor(v)}
-    config = None
-    config_path = os.path.join(config_dir, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
-    return tensors, config, metadata
-
-
-def import_hf(input_path, out_path, n_head=None):
-    """Convert an HF GPT-2 checkpoint to llm.c v3 (or SFT format if it has score.weight)."""
-    tensors, config, metadata = load_hf_tensors(input_path)
-    # strip the optional "transformer." prefix; ignore attention-mask buffers and the tied lm_head
-    sd = {}
-    for k, v in tensors.items():
-        k2 = k[len("transformer."):] if k.startswith("transformer.") else k
-        if k2.endswith(".attn.bias") or k2.endswith(".attn.masked_bias") or k2 == "lm_head.weight":
-            continue
-        sd[k2] = v
-
-    def get(name):
-        if name not in sd:
-            raise SFTError(f"{input_path}: missing tensor {name}")
-        return sd[name]
-
-    wte, wpe = get("wte.weight"), get("wpe.weight")
-    V, C = wte.shape
-    maxT = wpe.shape[0]
-    L = 0
-    while f"h.{L}.ln_1.weight" in sd:
-        L += 1
-    if L == 0:
-        raise SFTError(f"{input_path}: no transformer blocks (h.0.*) found")
-    H = n_head                                   # --n-head wins, else config.json
-    if config is not None:
-        H = H or int(config.get("n_head", config.get("num_attention_heads", 0)))
-        for key, have in (("n_layer", L), ("n_embd", C), ("vocab_size", V)):
-            if key in config and int(config[key]) != have:
-                raise SFTError(f"{input_path}: config.json {key}={config[key]} but tensors say {have}")
-    if not H:
-        raise SFTError(f"{input_path}: no config.json with n_head; pass --n-head")
-    cfg = GPT2Config(maxT, V, L, H, C)
-    cfg.validate(input_path)
-
-    def stack(fmt, transpose=False):
-        ts = [get(fmt.format(i)) for i in range(L)]
-        return torch.stack([t.t() if transpose else t for t in ts])   # (L, ...)
-
-    wte_p = torch.zeros(cfg.padded_vocab_size, C)
-    wte_p[:V] = wte
-    params = {
-        "wte": wte_p, "wpe": wpe,
-        "ln1w": stack("h.{}.ln_1.weight"), "ln1b": stack("h.{}.ln_1.bias"),
-        "qkvw": stack("h.{}.attn.c_attn.weight", True), "qkvb": stack("h.{}.attn.c_attn.bias"),
-        "attprojw": stack("h.{}.attn.c_proj.weight", True), "attprojb": stack("h.{}.attn.c_proj.bias"),
-        "ln2w": stack("h.{}.ln_2.weight"), "ln2b": stack("h.{}.ln_2.bias"),
-        "fcw": stack("h.{}.mlp.c_fc.weight", True), "fcb": stack("h.{}.mlp.c_fc.bias"),
-        "fcprojw": stack("h.{}.mlp.c_proj.weight", True), "fcprojb": stack("h.{}.mlp.c_proj.bias"),
-        "lnfw": get("ln_f.weight"), "lnfb": get("ln_f.bias"),
-    }
-    score = sd.get("score.weight")
-    if "score.bias" in sd:
-        raise SFTError(f"{input_path}: score.bias present; the head must have no bias")
-    # dev/export_hf.py records the fine-tuned checkpoint's update count (header[9]) here
-    step = metadata.get("step", "0") if metadata.get("source") == "train_gpt2_sft" else "0"
-    write_checkpoint(out_path, cfg, params, score, int(step) if step.isdigit() else 0)
-    return cfg, score
 
 
 # ----------------------------------------------------------------------------
@@ -1197,8 +1057,8 @@ def selftest():
             json.dump({"n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_embd": cfg.channels,
                        "n_positions": cfg.max_seq_len, "vocab_size": cfg.vocab_size}, f)
         out = os.path.join(d, "imported.bin")
-        import_hf(hf_dir, out)
-        check("import-hf safetensors F32 round trip (llm.c bytes identical)",
+        hf_import.import_hf(hf_dir, out)
+        check("dev/import_hf.py safetensors F32 round trip (llm.c bytes identical)",
               open(out, "rb").read() == orig_bytes)
 
         # 2. GPT2ForSequenceClassification-style: "transformer." prefix + score.weight, no config
@@ -1206,8 +1066,8 @@ def selftest():
         write_checkpoint(sft, cfg, params, score)
         st = os.path.join(d, "cls.safetensors")
         write_safetensors(st, to_hf_state_dict(cfg, params, score, prefix="transformer."))
-        import_hf(st, out, n_head=cfg.num_heads)
-        check("import-hf classifier (prefix, score) -> SFT bytes identical",
+        hf_import.import_hf(st, out, n_head=cfg.num_heads)
+        check("dev/import_hf.py classifier (prefix, score) -> SFT bytes identical",
               open(out, "rb").read() == open(sft, "rb").read())
         c2, p2, s2 = read_checkpoint(out)
         check("read SFT checkpoint back", s2 is not None and torch.equal(s2, score)
@@ -1220,8 +1080,8 @@ def selftest():
             write_checkpoint(ref, cfg, rounded)
             st = os.path.join(d, f"m_{dt}.safetensors")
             write_safetensors(st, to_hf_state_dict(cfg, rounded), dtype=dt)
-            import_hf(st, out, n_head=cfg.num_heads)
-            check(f"import-hf safetensors {dt} round trip",
+            hf_import.import_hf(st, out, n_head=cfg.num_heads)
+            check(f"dev/import_hf.py safetensors {dt} round trip",
                   open(out, "rb").read() == open(ref, "rb").read())
 
         # 4. pytorch_model.bin (torch.save of a state dict, with attn.bias buffers to ignore)
@@ -1230,8 +1090,8 @@ def selftest():
         sd = {k: v.clone() for k, v in to_hf_state_dict(cfg, params, prefix="transformer.").items()}
         sd["transformer.h.0.attn.bias"] = torch.ones(1, 1, 4, 4)
         torch.save(sd, os.path.join(bin_dir, "pytorch_model.bin"))
-        import_hf(bin_dir, out, n_head=cfg.num_heads)
-        check("import-hf pytorch_model.bin round trip", open(out, "rb").read() == orig_bytes)
+        hf_import.import_hf(bin_dir, out, n_head=cfg.num_heads)
+        check("dev/import_hf.py pytorch_model.bin round trip", open(out, "rb").read() == orig_bytes)
 
         # 5. error messages name the file
         bad = os.path.join(d, "bad.bin")
@@ -1464,11 +1324,6 @@ def main(argv=None):
     p.add_argument("--plain-init", action="store_true",
                    help="HF init: LayerNorm w=1, b=0, biases 0 (default randomises them)")
 
-    p = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2 checkpoint")
-    p.add_argument("--input", required=True, help="folder, model.safetensors or pytorch_model.bin")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-head", type=int, default=None, help="needed when there is no config.json")
-
     p = sub.add_parser("debug-state", help="write the reference trace for test_sft.c")
     p.add_argument("--model", required=True, help="llm.c or SFT checkpoint")
     p.add_argument("--out", required=True)
@@ -1512,10 +1367,6 @@ def main(argv=None):
             cfg = config_by_name(args.config)
             write_checkpoint(args.out, cfg, random_params(cfg, args.seed, args.plain_init))
             print(f"wrote {args.out}: {cfg}, seed {args.seed}")
-        elif args.cmd == "import-hf":
-            cfg, score = import_hf(args.input, args.out, args.n_head)
-            kind = "llm.c v3" if score is None else f"SFT (num_labels {score.shape[0]})"
-            print(f"wrote {args.out}: {kind}, {cfg}")
         elif args.cmd == "debug-state":
             debug_state(args.model, args.out, args.batch, args.seq_len, args.num_labels, args.steps,
                         args.warmup, args.total_steps, args.lr, args.weight_decay, args.beta1, args.beta2,

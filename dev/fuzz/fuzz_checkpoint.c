@@ -9,13 +9,14 @@ before anything is allocated. The fuzz input is the whole file.
 Besides memory errors and undefined behaviour, it aborts when a header is
 accepted that describes something the loader cannot safely use: a
 configuration config_is_valid rejects, a file size that is not exactly the
-header plus the parameters, or a head size other than the one requested.
+header plus the parameters (and the AdamW moments, when the header says they
+follow), or a head size other than the one requested.
 */
 #define TESTING
 #include "../../train_gpt2_sft.c"
 
 static void check_accepted(const uint8_t *data, size_t size, int requested, const GPT2Config *cfg,
-                           int has_head, int step) {
+                           int has_head, int step, int has_moments) {
     char error[256];
     if (!config_is_valid(cfg, error, sizeof(error))) { fprintf(stderr, "accepted invalid config: %s\n", error); abort(); }
     if (step < 0) { fprintf(stderr, "accepted negative step %d\n", step); abort(); }
@@ -24,11 +25,14 @@ static void check_accepted(const uint8_t *data, size_t size, int requested, cons
     size_t sizes[NUM_PARAMETER_TENSORS], stored = 0;
     parameter_sizes(sizes, *cfg);
     for (int i = 0; i < NUM_PARAMETER_TENSORS - (has_head ? 0 : 1); i++) { stored += sizes[i]; }
-    if (size != HEADER_INTS * 4 + stored * sizeof(float)) { fprintf(stderr, "accepted a file of the wrong size\n"); abort(); }
-    // what gpt2_build_from_checkpoint does next: read every stored float (the
-    // loader copies them into its allocation and checks that they are finite)
+    if (has_moments && !has_head) { fprintf(stderr, "moments without a head\n"); abort(); }
+    if (size != HEADER_INTS * 4 + (has_moments ? 3 : 1) * stored * sizeof(float)) {
+        fprintf(stderr, "accepted a file of the wrong size\n"); abort();
+    }
+    // what gpt2_build_from_checkpoint (and load_training_state for the moments)
+    // does next: read every stored float (copied, and the parameters checked finite)
     volatile float sink = 0.0f;
-    for (size_t i = 0; i < stored; i++) {
+    for (size_t i = 0; i < (has_moments ? 3 : 1) * stored; i++) {
         float v;
         memcpy(&v, data + HEADER_INTS * 4 + i * sizeof(float), sizeof(float));
         sink += v;
@@ -45,11 +49,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const int requests[] = {0, 1, 2, 3, 65536};
     for (size_t r = 0; r < sizeof(requests) / sizeof(requests[0]); r++) {
         GPT2Config cfg;
-        int has_head = -1, step = -1;
+        int has_head = -1, step = -1, has_moments = -1;
         char error[256];
         error[0] = '\0';
-        if (checkpoint_parse_header(copy, size, requests[r], &cfg, &has_head, &step, error, sizeof(error))) {
-            check_accepted(copy, size, requests[r], &cfg, has_head, step);
+        if (checkpoint_parse_header(copy, size, requests[r], &cfg, &has_head, &step, &has_moments, error, sizeof(error))) {
+            check_accepted(copy, size, requests[r], &cfg, has_head, step, has_moments);
         } else if (error[0] == '\0' || strlen(error) >= sizeof(error) - 1 || strchr(error, '\n') != NULL) {
             fprintf(stderr, "rejected without a one-line reason\n");
             abort();

@@ -37,6 +37,7 @@ static void check_accepted(const Dataset *d, size_t size) {
         if (d->num_labels > 0 ? (label < 0 || label >= d->num_labels) : label != -1) {
             fprintf(stderr, "example %lld has label %d\n", (long long)i, label); abort();
         }
+        if (d->stars[i] < 0 || d->stars[i] > MAX_STARS) { fprintf(stderr, "example %lld has star rating %d\n", (long long)i, d->stars[i]); abort(); }
         sum += (uint32_t)d->stars[i];
         for (int32_t t = 0; t < length; t++) {
             const uint16_t token = d->tokens[offset + t];

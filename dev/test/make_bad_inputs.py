@@ -28,7 +28,6 @@ import sys
 LLMC_MAGIC, LLMC_VERSION = 20240326, 3
 SFT_MAGIC, SFT_VERSION = 20261128, 1
 DATA_MAGIC, DATA_VERSION = 20261127, 1
-STATE_MAGIC = 20261130
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
 DATA_HEADER_BYTES = 1024
@@ -145,6 +144,7 @@ def good_examples(n=8, seed=2, max_len=24, num_labels=2):
 def ds_offset_pos(n, i): return DATA_HEADER_BYTES + 8 * i
 def ds_length_pos(n, i): return DATA_HEADER_BYTES + 8 * n + 4 * i
 def ds_label_pos(n, i): return DATA_HEADER_BYTES + 12 * n + 4 * i
+def ds_stars_pos(n, i): return DATA_HEADER_BYTES + 16 * n + 4 * i
 def ds_token_pos(n, j): return DATA_HEADER_BYTES + 20 * n + 2 * j
 
 
@@ -166,14 +166,14 @@ def patched(data, pos, fmt, value):
     return bytes(b)
 
 
-def state_file(num_parameters, step, total_steps, batch_size, grad_accum, max_len, seed, dropout=0.1):
-    """A training state (PATH.state) as save_training_state writes it: zero moments."""
-    ints = [STATE_MAGIC, 1, step, total_steps, batch_size, grad_accum, max_len, 0]
+def saved_run(cfg, step, total_steps, batch_size, grad_accum, max_len, seed, dropout=0.1, num_labels=2):
+    """A checkpoint as `--save` writes it (FORMATS.md section 2): the run's
+    identity in header[10..17] and zero AdamW moments after the parameters."""
+    ints = [SFT_MAGIC, SFT_VERSION] + cfg.slots() + [num_labels, step, 1, total_steps, batch_size, grad_accum, max_len]
     head = bytearray(header_bytes(ints))
-    struct.pack_into("<f", head, 28, dropout)
-    struct.pack_into("<Q", head, 32, num_parameters)
-    struct.pack_into("<Q", head, 40, seed)
-    return bytes(head) + bytes(8 * num_parameters)
+    struct.pack_into("<f", head, 60, dropout)
+    struct.pack_into("<Q", head, 64, seed)
+    return bytes(head) + random_parameters(cfg, num_labels, 1) + bytes(8 * sum(tensor_sizes(cfg, num_labels)))
 
 
 # ----------------------------------------------------------------------------
@@ -189,7 +189,8 @@ def build_corpus(out_dir):
              optional "keep": a file whose bytes must be unchanged by the run,
              optional "then": further argument lists run after an "ok" run,
              optional "saved" (and "save_every"): the --save checkpoint to check after the run,
-             optional "saved_step": [checkpoint, the step it must hold]}."""
+             optional "saved_step": [checkpoint, the step it must hold],
+             optional "timeout": seconds for this run (for inputs that could block)}."""
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
@@ -302,6 +303,10 @@ def build_corpus(out_dir):
     ck.append(("sft_num_labels_65537", patched(good_sft, 32, "<i", 65537)))
     ck.append(("sft_num_labels_3_in_2_file", patched(good_sft, 32, "<i", 3)))
     ck.append(("sft_negative_step", patched(good_sft, 36, "<i", -1)))
+    # header[10]: whether the AdamW moments follow the parameters (a --save file)
+    ck.append(("sft_moments_flag_minus1", patched(good_sft, 40, "<i", -1)))
+    ck.append(("sft_moments_flag_without_moments", patched(good_sft, 40, "<i", 1)))
+    ck.append(("sft_moments_without_flag", good_sft + bytes(8 * sum(tensor_sizes(tiny, 2)))))
     # non-finite parameters
     for name, value in [("wte", float("nan")), ("wpe", float("inf")), ("qkvw", float("-inf")),
                         ("lnfb", float("nan"))]:
@@ -372,6 +377,10 @@ def build_corpus(out_dir):
     ds.append(("data_label_int_min", patched(good, ds_label_pos(n, n - 1), "<i", -2 ** 31)))
     ds.append(("data_unlabelled_with_label", patched(dataset_bytes(good_examples(num_labels=0), num_labels=0),
                                                       ds_label_pos(n, 1), "<i", 0)))
+    # star ratings are 0..10 (0: unrated); --task regression trains on them
+    ds.append(("data_stars_11", patched(good, ds_stars_pos(n, 3), "<i", 11)))
+    ds.append(("data_stars_minus1", patched(good, ds_stars_pos(n, 0), "<i", -1)))
+    ds.append(("data_stars_int_max", patched(good, ds_stars_pos(n, n - 1), "<i", 2 ** 31 - 1)))
     ds.append(("data_length_0", patched(good, ds_length_pos(n, 0), "<i", 0)))
     ds.append(("data_length_negative", patched(good, ds_length_pos(n, 2), "<i", -3)))
     ds.append(("data_length_past_end", patched(good, ds_length_pos(n, n - 1), "<i", 1000)))
@@ -399,6 +408,8 @@ def build_corpus(out_dir):
         error(name + "_as_test", train_args(test=name + ".bin"), name + ".bin")
         error(name + "_as_predict", ["--predict", name + ".bin", "--output", "p.csv", "-m", "tiny_sft.bin",
                                      "--max-len", "16", "--threads", "1"], name + ".bin")
+    error("data_stars_int_max_regression", train_args(model="tiny_sft_reg.bin", train="data_stars_int_max.bin",
+                                                      extra=["--task", "regression"]), "data_stars_int_max.bin")
     error("data_unlabelled_as_train", train_args(train="unlabelled.bin"), "unlabelled.bin")
     error("data_too_few_examples", train_args(train="one_example.bin"), "one_example.bin")
     # evaluation data whose labels the model cannot have: must be refused, naming the file
@@ -408,6 +419,27 @@ def build_corpus(out_dir):
     error("test_is_directory", train_args(test="a_directory"), "a_directory")
     error("predict_is_directory", ["--predict", "a_directory", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
           "a_directory")
+    # anything but a regular file is refused before it is opened: /dev/null
+    # (a device) used to be reported as "Is a directory", and opening a FIFO
+    # for reading blocked until a writer came (hence the short timeout)
+    special = "not a regular file"
+    error("train_dev_null", train_args(train="/dev/null"), "/dev/null: " + special)
+    error("test_dev_null", train_args(test="/dev/null"), "/dev/null: " + special)
+    error("predict_dev_null", ["--predict", "/dev/null", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
+          "/dev/null: " + special)
+    error("ckpt_dev_null", train_args(model="/dev/null"), "/dev/null: " + special)
+    error("resume_dev_null", train_args(extra=["--resume", "/dev/null"]), "/dev/null: " + special)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(os.path.join(out_dir, "a_fifo"))
+        error("train_fifo", train_args(train="a_fifo"), "a_fifo: " + special, timeout=30)
+        error("predict_fifo", ["--predict", "a_fifo", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
+              "a_fifo: " + special, timeout=30)
+        error("ckpt_fifo", train_args(model="a_fifo"), "a_fifo: " + special, timeout=30)
+        # written files replace the path by a rename: never a FIFO or device
+        # (/dev/null itself is not tried: an unchecked rename as root would replace it)
+        error("save_onto_fifo", train_args(extra=["--save", "a_fifo"]), "--save a_fifo: " + special, timeout=30)
+        error("output_onto_fifo", ["--predict", "good.bin", "--output", "a_fifo", "-m", "tiny_sft.bin",
+                                   "--max-len", "16"], "--output a_fifo: " + special, timeout=30)
     error("train_missing", train_args(train="no_such_data.bin"), "no_such_data.bin")
     error("test_missing", train_args(test="no_such_data.bin"), "no_such_data.bin")
     error("predict_missing", ["--predict", "no_such_data.bin", "--output", "p.csv", "-m", "tiny_sft.bin", "--max-len", "16"],
@@ -430,36 +462,37 @@ def build_corpus(out_dir):
                                     "--max-len", "16"], "a_directory")
 
     # --- resume -----------------------------------------------------------------
-    # a fine-tuned checkpoint at step 1 and states that do not belong to it
-    write("resume_step1.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    nparams = sum(tensor_sizes(tiny, 2))
+    # --save files (moments inside) at step 1 of runs that are not this one, and
+    # files that cannot be resumed; this run: --max-steps 2, batch 2, accumulation
+    # 1, max-len 16, seed 1337, dropout 0.1
     resume_run = ["--train", "good.bin", "--test", "good.bin", "--max-steps", "2", "--batch-size", "2",
                   "--max-len", "16", "--eval-examples", "4", "--threads", "1", "--resume"]
-    error("resume_without_state", resume_run + ["resume_step1.bin"], "resume_step1.bin.state")
-    write("resume_wrong_step.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_wrong_step.bin.state", state_file(nparams, 2, 2, 2, 1, 16, 1337))
-    error("resume_state_of_other_step", resume_run + ["resume_wrong_step.bin"], "resume_wrong_step.bin.state")
-    write("resume_other_run.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_other_run.bin.state", state_file(nparams, 1, 2, 4, 1, 16, 1337))
-    error("resume_state_of_other_run", resume_run + ["resume_other_run.bin"], "resume_other_run.bin.state")
+    write("resume_matching.bin", saved_run(tiny, 1, 2, 2, 1, 16, 1337))
+    cases.append({"name": "valid_resume_saved_run", "kind": "ok", "args": resume_run + ["resume_matching.bin"],
+                  "then": [train_args(model="resume_matching.bin")]})  # -m: a new run, the moments ignored
+    write("resume_step1.bin", sft_checkpoint(tiny, num_labels=2, step=1))
+    error("resume_without_moments", resume_run + ["resume_step1.bin"], "resume_step1.bin: no optimizer state")
+    write("resume_other_run.bin", saved_run(tiny, 1, 2, 4, 1, 16, 1337))
+    error("resume_other_batch_size", resume_run + ["resume_other_run.bin"], "resume_other_run.bin: --resume needs")
+    write("resume_other_steps.bin", saved_run(tiny, 1, 3, 2, 1, 16, 1337))
+    error("resume_other_total_steps", resume_run + ["resume_other_steps.bin"], "resume_other_steps.bin: --resume needs")
+    write("resume_other_accum.bin", saved_run(tiny, 1, 2, 2, 2, 16, 1337))
+    error("resume_other_grad_accum", resume_run + ["resume_other_accum.bin"], "resume_other_accum.bin: --resume needs")
+    write("resume_other_max_len.bin", saved_run(tiny, 1, 2, 2, 1, 8, 1337))
+    error("resume_other_max_len", resume_run + ["resume_other_max_len.bin"], "resume_other_max_len.bin: --resume needs")
+    write("resume_other_seed.bin", saved_run(tiny, 1, 2, 2, 1, 16, 1338))
+    error("resume_other_seed", resume_run + ["resume_other_seed.bin"], "resume_other_seed.bin: --resume needs")
     # the same run but another --dropout (the default 0.1 against a saved 0.3): other masks, not exact
-    write("resume_other_dropout.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_other_dropout.bin.state", state_file(nparams, 1, 2, 2, 1, 16, 1337, dropout=0.3))
-    error("resume_state_of_other_dropout", resume_run + ["resume_other_dropout.bin"], "--dropout")
-    write("resume_truncated_state.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_truncated_state.bin.state", state_file(nparams, 1, 2, 2, 1, 16, 1337)[:-4])
-    error("resume_truncated_state", resume_run + ["resume_truncated_state.bin"], "resume_truncated_state.bin.state")
-    write("resume_bad_state_magic.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_bad_state_magic.bin.state", patched(state_file(nparams, 1, 2, 2, 1, 16, 1337), 0, "<i", 1))
-    error("resume_bad_state_magic", resume_run + ["resume_bad_state_magic.bin"], "resume_bad_state_magic.bin.state")
-    write("resume_empty_state.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    write("resume_empty_state.bin.state", b"")
-    error("resume_empty_state", resume_run + ["resume_empty_state.bin"], "resume_empty_state.bin.state")
-    write("resume_huge_n_state.bin", sft_checkpoint(tiny, num_labels=2, step=1))
-    st = bytearray(state_file(nparams, 1, 2, 2, 1, 16, 1337))
-    struct.pack_into("<Q", st, 32, 2 ** 62)
-    write("resume_huge_n_state.bin.state", bytes(st))
-    error("resume_state_huge_n", resume_run + ["resume_huge_n_state.bin"], "resume_huge_n_state.bin.state")
+    write("resume_other_dropout.bin", saved_run(tiny, 1, 2, 2, 1, 16, 1337, dropout=0.3))
+    error("resume_other_dropout", resume_run + ["resume_other_dropout.bin"], "--dropout")
+    write("resume_truncated_moments.bin", saved_run(tiny, 1, 2, 2, 1, 16, 1337)[:-4])
+    error("resume_truncated_moments", resume_run + ["resume_truncated_moments.bin"], "resume_truncated_moments.bin")
+    write("resume_moments_flag_2.bin", patched(saved_run(tiny, 1, 2, 2, 1, 16, 1337), 40, "<i", 2))
+    error("resume_moments_flag_2", resume_run + ["resume_moments_flag_2.bin"], "resume_moments_flag_2.bin: header[10]")
+    # the flag says moments follow, but the file ends after the parameters
+    write("resume_flag_without_moments.bin", patched(sft_checkpoint(tiny, num_labels=2, step=1), 40, "<i", 1))
+    error("resume_flag_without_moments", resume_run + ["resume_flag_without_moments.bin"],
+          "resume_flag_without_moments.bin")
     error("resume_llmc_checkpoint", resume_run + ["tiny.bin"], "tiny.bin")
     error("resume_missing", resume_run + ["no_such_run.bin"], "no_such_run.bin")
 
@@ -540,7 +573,7 @@ def build_corpus(out_dir):
     # --- non-finite training ----------------------------------------------------
     # Each run must stop with one error line naming the step; a checkpoint saved
     # before (by an earlier run, or by --save-every) must stay loadable, with the
-    # step of the last good update, and its .state must match it.
+    # step of the last good update, and hold its moments.
     # (a) the forward pass overflows at once (qkvw = 1e38: attention scores are
     # inf - inf): stop at step 1; the file already at the --save path is untouched
     huge = bytearray(good_ckpt)
@@ -597,6 +630,8 @@ def write_fuzz_seeds(seed_dir):
             f.write(llmc_checkpoint(cfg, seed=i))
         with open(os.path.join(ck_dir, "sft_%d.bin" % i), "wb") as f:
             f.write(sft_checkpoint(cfg, num_labels=2 + i, step=i, seed=i))
+        with open(os.path.join(ck_dir, "saved_run_%d.bin" % i), "wb") as f:  # with the AdamW moments
+            f.write(saved_run(cfg, i + 1, 10, 2, 1, cfg.max_t, 1337, num_labels=2 + i))
     with open(os.path.join(ds_dir, "good.bin"), "wb") as f:
         f.write(dataset_bytes(good_examples(n=8, max_len=10)))
     with open(os.path.join(ds_dir, "unlabelled.bin"), "wb") as f:

@@ -13,9 +13,9 @@ Uses no IMDB data: it writes its own small random datasets.
      trainer, three times: 2 classes, 3 classes, and regression (1 output).
   2. Each checkpoint is exported with export_hf.py. Checked: config.json; the
      safetensors layout (header, alignment, contiguous offsets, F32, names);
-     every tensor bit-equal to the reference's to_hf_state_dict; import_hf of the
-     folder gives back the checkpoint byte for byte (except header[9], the step
-     count, which Hugging Face files do not carry and import_hf writes as 0).
+     every tensor bit-equal to the reference's to_hf_state_dict; dev/import_hf.py
+     of the folder gives back the checkpoint byte for byte, step included (from
+     the safetensors metadata), less the training state a --save file holds.
   3. The reference GPT2ForSequenceClassification (float64), loaded from the
      exported safetensors, computes logits for every example; softmax(logits)
      must match the trainer's --predict p_k columns within 1e-5 (regression: the
@@ -52,6 +52,7 @@ sys.path.insert(0, DEV)
 
 import torch  # noqa: E402
 
+import import_hf as hf_import  # noqa: E402
 import prepro_imdb  # noqa: E402
 import train_gpt2_sft as ref  # noqa: E402
 
@@ -115,10 +116,28 @@ def read_predictions(path):
     return rows[0], rows[1:]
 
 
+def read_exported(path):
+    """{Hugging Face name: float32 tensor} of an exported model.safetensors,
+    read by dev/import_hf.py (which drops the "transformer." prefix)."""
+    tensors, _ = hf_import.read_safetensors(path)
+    return {(k if k == "score.weight" else "transformer." + k):
+            torch.frombuffer(bytearray(load().tobytes()), dtype=torch.float32).view(shape)
+            for k, (shape, load) in tensors.items()}
+
+
+def without_training_state(data):
+    """The model part of a checkpoint: a --save file (header[10] = 1) without its
+    run identity (header[10..17]) and AdamW moments (dev/FORMATS.md section 2)."""
+    if struct.unpack("<i", data[40:44])[0] != 1:
+        return data
+    n = (len(data) - 1024) // 12
+    return data[:40] + bytes(32) + data[72:1024] + data[1024:1024 + 4 * n]
+
+
 def ref_model_from_hf(folder):
     """Reference model built from the exported folder: import_hf -> read_checkpoint -> float64 model."""
     tmp = os.path.join(folder, "..", os.path.basename(folder) + "_reimported.bin")
-    ref.import_hf(folder, tmp)
+    hf_import.import_hf(folder, tmp)
     cfg, params, score = ref.read_checkpoint(tmp)
     return cfg, params, score, tmp
 
@@ -261,7 +280,7 @@ def export_checks(R, args, ckpt, folder, K, names, preds_csv, token_lists, max_l
     want = ref.to_hf_state_dict(cfg_src, params_src, score_src, prefix="transformer.")
     R.check(f"{what}: tensor names = HF GPT2ForSequenceClassification names (transformer.*, score.weight)",
             set(header) == set(want), str(sorted(set(header) ^ set(want)))[:300])
-    got = ref.read_safetensors(st)
+    got = read_exported(st)
     mism = [k for k in want if k not in got or tuple(got[k].shape) != tuple(want[k].shape)
             or not torch.equal(got[k], want[k].contiguous())]
     R.check(f"{what}: every tensor bit-equal to to_hf_state_dict (Conv1D transposed, wte {cfg_src.vocab_size} rows)",
@@ -270,10 +289,11 @@ def export_checks(R, args, ckpt, folder, K, names, preds_csv, token_lists, max_l
     R.check(f"{what}: safetensors metadata carries the step", meta.get("step") == str(step),
             f"metadata {meta}, header[9] {step}")
 
-    # import back: bytes identical; an import_hf that does not read the step from the
-    # safetensors metadata writes header[9] = 0, which is accepted with a note
+    # import back: bytes identical to the model part of the checkpoint; an import_hf
+    # that does not read the step from the safetensors metadata writes header[9] = 0,
+    # which is accepted with a note
     cfg, params, score, back = ref_model_from_hf(folder)
-    a, b = open(ckpt, "rb").read(), open(back, "rb").read()
+    a, b = without_training_state(open(ckpt, "rb").read()), open(back, "rb").read()
     same_but_step = a[:36] + a[40:] == b[:36] + b[40:] and b[36:40] == b"\0\0\0\0"
     R.check(f"{what}: import_hf(export) == checkpoint byte for byte", a == b or same_but_step,
             f"{len(a)} vs {len(b)} bytes")
@@ -399,7 +419,7 @@ def main():
             and "transformer.wte.weight" in header and conf.get("num_labels") == 3, r.stderr.strip()[-200:])
     back = os.path.join(out, "llmc_back.bin")
     if r.returncode == 0:
-        ref.import_hf(folder, back)
+        hf_import.import_hf(folder, back)
     R.check("llm.c checkpoint: import_hf(export) byte-identical",
             os.path.isfile(back) and open(back, "rb").read() == open(base, "rb").read())
 
@@ -484,7 +504,7 @@ def classify_checks(R, args, out, binary, sft_by_case, base):
     # a text with <|endoftext|> inside, and one ending with it
     folder = os.path.join(out, "hf_0")
     if os.path.isfile(os.path.join(folder, "model.safetensors")):
-        sd = ref.read_safetensors(os.path.join(folder, "model.safetensors"))
+        sd = read_exported(os.path.join(folder, "model.safetensors"))
         conf = json.load(open(os.path.join(folder, "config.json")))
         # this project's tokenizer (encode_ordinary) never emits 50256, Hugging Face's GPT2Tokenizer
         # does for "<|endoftext|>" in a text: the token lists below are what it would give

@@ -7,38 +7,33 @@ checkpoint every step, and checks that the saved model survives every kill.
                                        [--out-dir build/kill_save] [--max-delay 2.5] [-v]
                                        [--ranks N [--mpirun mpirun]]
 
-The model is small but not tiny (2 layers, 64 channels, 3.3M parameters: a
-13 MB checkpoint and a 26 MB .state), so one save (state, then checkpoint,
-each written to a temporary file, fsynced and renamed) takes about as long as
-a training step or longer, and many kills land while a file is being written.
-Each run is `--save P --save-every 1` with far more steps than it can finish;
-it is killed after a delay drawn from a seeded RNG (so the sequence of delays
-is reproducible; where exactly each kill lands depends on the machine's speed,
-and is reported). The next run resumes from P when P and P.state belong
-together, and starts afresh otherwise.
+The model is small but not tiny (2 layers, 64 channels, 3.3M parameters), so
+one save (a 39 MB file: parameters and AdamW moments, written to P.tmp,
+fsynced and renamed over P) takes about as long as a training step or longer,
+and many kills land while the file is being written. Each run is `--save P
+--save-every 1` with far more steps than it can finish; it is killed after a
+delay drawn from a seeded RNG (so the sequence of delays is reproducible;
+where exactly each kill lands depends on the machine's speed, and is
+reported). The next run resumes from P once P exists, and starts afresh
+before that.
 
 After each kill:
   - once P has been written, P exists and loads: `--predict DATA --output
     out.csv -m P` succeeds;
-  - P's step never goes back: it is at least the step the run resumed from;
-  - when P and P.state both exist and hold the same step, `--resume P` is
-    accepted (checked by the next run, which resumes);
-  - when their steps differ, `--resume P` must either find the matching state
-    or refuse the pair with one `error:` line naming P.state, never resume
-    with moments of another step. The trainer saves in this order: the
-    checkpoint to P.next (through P.next.tmp), the old state renamed to
-    P.state.prev, the new state to P.state (through P.state.tmp), then P.next
-    renamed to P; a kill in between leaves P with the state of one save
-    later, and --resume then takes P.state.prev (counted as completed).
-Leftover P.next.tmp and P.state.tmp files (a kill during a write) are
-reported, and must not stop the next run from saving.
+  - P holds the AdamW moments (header[10] = 1), and its step never goes back:
+    it is at least the step the run resumed from;
+  - the next run resumes from P: it reports "resuming P at step S" and its
+    first save is step S + 1 (after the last kill, one more run that stops
+    at step S + 1 checks the same).
+A P.tmp left behind (a kill during the write) is reported, and must not stop
+the next run from saving.
 
 With --ranks N (the MPI build, make MPI=1) every run is `mpirun -np N
 --oversubscribe` and the kill goes to one rank, drawn from the same seeded
-RNG: rank 0 (which alone writes the files) or another one, after which
-mpirun must end all ranks by itself, with a non-zero status, within 60 s
-(a rank killed while rank 0 saves makes mpirun end rank 0 mid-save). The
-checks on P and P.state are the same.
+RNG: rank 0 (which alone writes P) or another one, after which mpirun must
+end all ranks by itself, with a non-zero status, within 60 s (a rank killed
+while rank 0 saves makes mpirun end rank 0 mid-save). The checks on P are
+the same.
 
 Ends with "N passed, N failed" (one case per kill); exits 1 on any failure.
 """
@@ -115,8 +110,7 @@ def main():
     for name in os.listdir(out):
         os.remove(os.path.join(out, name))
     base, data, P = "base.bin", "data.bin", "P.bin"
-    state = P + ".state"
-    prev = P + ".state.prev"  # kept by trainers that keep the previous state (optional)
+    tmp = P + ".tmp"
     with open(os.path.join(out, base), "wb") as f:
         f.write(mbi.llmc_checkpoint(mbi.Config(L=2, H=2, C=64, max_t=64), seed=3))
     with open(os.path.join(out, data), "wb") as f:
@@ -139,26 +133,32 @@ def main():
             return None, "", "timed out after %ds" % timeout
         return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
+    def resumed_correctly(log_text, resume_from):
+        """Problems with a run that resumed from P at step resume_from. stdout is
+        buffered, so a run killed early may have printed nothing; one that saved
+        must have resumed where P was, and saved the next step first."""
+        first_save = re.search(r"^saved \S+ \(step (\d+)\)", log_text, re.M)
+        if not first_save:
+            return []
+        problems = []
+        if "resuming %s at step %d" % (P, resume_from) not in log_text:
+            problems.append("the run did not resume from %s at step %d" % (P, resume_from))
+        if int(first_save.group(1)) != resume_from + 1:
+            problems.append("the resumed run first saved step %s, want %d" % (first_save.group(1), resume_from + 1))
+        return problems
+
     rng = random.Random(args.seed)
     passed = failed = 0
     written = False          # P has been written at least once
-    resume_from = None       # step P held when the current run resumed from it
-    landed = {"checkpoint write": 0, "state write": 0, "between state and checkpoint": 0,
-              "outside a save": 0, "before the first save": 0}
-    mismatched = recovered = 0
+    landed = {"during the write": 0, "outside a save": 0, "before the first save": 0}
+    tmp_left = 0
     killed_ranks = {}        # with --ranks: kills of each rank
     max_step = 0
     start_all = time.time()
     for k in range(args.kills):
         delay = rng.uniform(args.min_delay, args.max_delay)
-        pair_ok = os.path.exists(path(P)) and mbi.read_i32(path(P), 36) in (mbi.read_i32(path(state), 8),
-                                                                             mbi.read_i32(path(prev), 8))
-        if pair_ok:
-            cmd = ["--resume", P] + run_flags
-            resume_from = mbi.read_i32(path(P), 36)
-        else:
-            cmd = ["-m", base] + run_flags
-            resume_from = None
+        resume_from = mbi.read_i32(path(P), 36) if os.path.exists(path(P)) else None
+        cmd = (["--resume", P] if resume_from is not None else ["-m", base]) + run_flags
         victim = rng.randrange(args.ranks) if args.ranks > 0 else None
         log_path = path("run_%02d.log" % k)
         problems = []
@@ -197,26 +197,12 @@ def main():
         if any(m in log_text for m in SANITIZER_MARKERS):
             problems.append("sanitizer report in the run's output")
         saves = len(re.findall(r"^saved ", log_text, re.M))
-        written = written or saves > 0
-        # a temporary file left by this run (not by an earlier kill) marks a kill during its write
-        fresh_tmp = [n for n in os.listdir(out) if n.startswith(P + ".") and n.endswith(".tmp")
-                     and os.stat(path(n)).st_mtime >= launched - 1e-3]
-        s_tmp = any(".state" in n for n in fresh_tmp)
-        p_tmp = any(".state" not in n for n in fresh_tmp)
+        written = written or saves > 0 or os.path.exists(path(P))  # stdout is buffered: P may be newer than the log
+        # a P.tmp written by this run (not left by an earlier kill) marks a kill during the write
+        fresh_tmp = os.path.exists(path(tmp)) and os.stat(path(tmp)).st_mtime >= launched - 1e-3
+        tmp_left += fresh_tmp
         p_step = mbi.read_i32(path(P), 36) if os.path.exists(path(P)) else None
-        s_step = mbi.read_i32(path(state), 8) if os.path.exists(path(state)) else None
-        v_step = mbi.read_i32(path(prev), 8) if os.path.exists(path(prev)) else None
-        # where the kill landed, as far as the files tell
-        if not written:
-            where = "before the first save"
-        elif p_tmp:
-            where = "checkpoint write"
-        elif s_tmp:
-            where = "state write"
-        elif p_step is not None and s_step is not None and s_step != p_step:
-            where = "between state and checkpoint"
-        else:
-            where = "outside a save"
+        where = "before the first save" if not written else "during the write" if fresh_tmp else "outside a save"
         landed[where] += 1
         if written:
             if p_step is None:
@@ -227,38 +213,21 @@ def main():
                                        "--threads", "1"])
                 if rc2 != 0 or err2.strip():
                     problems.append("%s (step %s) does not load: exit %s: %s" % (P, p_step, rc2, err2.strip()[:300]))
+                if mbi.read_i32(path(P), 40) != 1:
+                    problems.append("%s (step %s) holds no AdamW moments" % (P, p_step))
                 if resume_from is not None and p_step < resume_from:
                     problems.append("%s went back from step %d to %d" % (P, resume_from, p_step))
-            if s_step is None and v_step is None:
-                problems.append("%s is missing" % state)
-            elif p_step is not None and s_step != p_step and v_step == p_step:
-                recovered += 1  # --resume takes the previous state; the next run checks it resumes
-            elif p_step is not None and s_step != p_step:
-                mismatched += 1
-                # in a resumed run the state can only be one save ahead; a fresh run's first
-                # save may also pair its state with the checkpoint of an earlier run
-                if resume_from is not None and (s_step is None or s_step != p_step + 1):
-                    problems.append("%s holds step %s, %s step %s: not one save apart" % (state, s_step, P, p_step))
-                rc3, out3, err3 = run(["--resume", P] + run_flags, timeout=60)
-                lines = [line for line in err3.splitlines() if line.strip()]
-                if args.ranks > 0:  # mpirun adds its own lines about MPI_Abort
-                    lines = [line for line in lines if line.startswith("error:")]
-                if rc3 is None or rc3 <= 0 or len(lines) != 1 or not lines[0].startswith("error:") \
-                        or state not in lines[0]:
-                    problems.append("--resume of a mismatched pair was not refused cleanly: exit %s: %s"
-                                    % (rc3, err3.strip()[:300]))
-        # stdout is buffered, so a run killed early may have printed nothing; one
-        # that saved must have resumed where P was, and saved the next step first
-        first_save = re.search(r"^saved \S+ \(step (\d+)\)", log_text, re.M)
-        if resume_from is not None and first_save:
-            if "resuming %s at step %d" % (P, resume_from) not in log_text:
-                problems.append("the run did not resume from %s at step %d" % (P, resume_from))
-            if int(first_save.group(1)) != resume_from + 1:
-                problems.append("the resumed run first saved step %s, want %d" % (first_save.group(1), resume_from + 1))
-        desc = "kill %2d%s after %.2fs (%s, %d saves this run): P step %s, state step %s%s%s%s" % (
+        if resume_from is not None:
+            problems += resumed_correctly(log_text, resume_from)
+        if k == args.kills - 1 and p_step is not None:  # no next run checks the last kill's P: resume it once more
+            rc3, out3, err3 = run(["--resume", P] + run_flags + ["--stop-at-step", str(p_step + 1)])
+            if rc3 != 0 or err3.strip():
+                problems.append("--resume %s after the last kill failed: exit %s: %s" % (P, rc3, err3.strip()[:300]))
+            else:
+                problems += resumed_correctly(out3, p_step)
+        desc = "kill %2d%s after %.2fs (%s, %d saves this run): P step %s%s" % (
             k + 1, " (rank %d)" % victim if victim is not None else "", delay, "resumed at step %d" % resume_from if resume_from is not None else "fresh run",
-            saves, p_step, s_step, ", state.prev step %s" % v_step if v_step is not None else "",
-            ", checkpoint .tmp left" if p_tmp else "", ", state .tmp left" if s_tmp else "")
+            saves, p_step, ", P.tmp left" if fresh_tmp else "")
         if problems:
             failed += 1
             print("FAIL %s -- landed: %s\n     %s" % (desc, where, "\n     ".join(problems)))
@@ -266,10 +235,9 @@ def main():
             passed += 1
             if args.verbose:
                 print("ok   %s -- landed: %s" % (desc, where))
-    print("kill test: %s, %d kills in %.1fs, highest saved step %d; kills landed: %s; mismatched P/P.state pairs "
-          "(refused by --resume): %d; pairs completed by P.state.prev: %d" % (
-              args.binary, args.kills, time.time() - start_all, max_step,
-              ", ".join("%s %d" % (k, v) for k, v in landed.items() if v), mismatched, recovered))
+    print("kill test: %s, %d kills in %.1fs, highest saved step %d; kills landed: %s; P.tmp left behind %d times" % (
+        args.binary, args.kills, time.time() - start_all, max_step,
+        ", ".join("%s %d" % (k, v) for k, v in landed.items() if v), tmp_left))
     if args.ranks > 0:
         print("under mpirun -np %d; SIGKILLs sent to %s" % (args.ranks, ", ".join(
             "rank %d %d times" % (r, n) for r, n in sorted(killed_ranks.items())) or "no rank"))

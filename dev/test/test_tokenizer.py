@@ -7,7 +7,7 @@ Needs node and, once:
     npm install --prefix build/npm --no-audit --no-fund js-tiktoken@1.0.21
 
 Run from the repository root:
-    python3 dev/test_tokenizer.py [--archive PATH] [--npm-prefix build/npm]
+    python3 dev/test/test_tokenizer.py [--archive PATH] [--npm-prefix build/npm]
 
 Test texts: 2,500 real reviews picked deterministically from all five IMDB
 folders (ids divisible by 25, or by 100 for unsup), 100 of them again with
@@ -21,7 +21,7 @@ back. It also checks the two BPE merge loops agree. Ends with
 
 About the reference: JavaScript's \\s is not Unicode White_Space (it includes
 U+FEFF and lacks U+0085), unlike the Rust regex crate used by tiktoken and the
-Python `regex` module used by OpenAI's encoder.py. dev/tokenizer_ref.js
+Python `regex` module used by OpenAI's encoder.py. dev/test/tokenizer_ref.js
 therefore runs js-tiktoken with \\s spelled as \\p{White_Space}; the stock
 js-tiktoken result is compared too, and may differ only on texts with those
 two characters.
@@ -34,7 +34,7 @@ import random
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.dont_write_bytecode = True   # keep the checkout free of __pycache__
 sys.path.insert(0, ROOT)
 import prepro_imdb as P  # noqa: E402
@@ -138,7 +138,7 @@ def review_strings(archive):
 
 
 def run_reference(texts, prefix):
-    cmd = ["node", os.path.join(ROOT, "dev", "tokenizer_ref.js"), prefix]
+    cmd = ["node", os.path.join(ROOT, "dev", "test", "tokenizer_ref.js"), prefix]
     try:
         r = subprocess.run(cmd, input=json.dumps(texts).encode(), capture_output=True)
     except FileNotFoundError:

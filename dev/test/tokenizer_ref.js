@@ -1,7 +1,7 @@
-// Reference GPT-2 tokenizer for dev/test_tokenizer.py, using the npm package
+// Reference GPT-2 tokenizer for dev/test/test_tokenizer.py, using the npm package
 // js-tiktoken (a JavaScript port of tiktoken) and its "gpt2" ranks.
 //
-// Usage: node dev/tokenizer_ref.js NPM_PREFIX < input.json > output.json
+// Usage: node dev/test/tokenizer_ref.js NPM_PREFIX < input.json > output.json
 //   NPM_PREFIX: the folder given to `npm install --prefix` (e.g. build/npm)
 //   input:  a JSON array of strings
 //   output: {"version": ..., "tiktoken": [[ids]...], "js_stock": [[ids]...]}

@@ -7,11 +7,12 @@ and bad inputs, which must each give a non-zero exit, a one-line error naming
 the file, no traceback and no output file.
 
 Run from anywhere (needs the GPT-2 files in ../shared/gpt2 or --vocab-dir):
-    python3 dev/test_prepro.py [-k substring] [--vocab-dir DIR]
+    python3 dev/test/test_prepro.py [-k substring] [--vocab-dir DIR]
 Ends with "N passed, N failed"; exit status 1 on any failure.
 """
 
 import argparse
+import array
 import functools
 import http.server
 import io
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.dont_write_bytecode = True   # keep the checkout free of __pycache__
 sys.path.insert(0, ROOT)
 import prepro_imdb as P  # noqa: E402
@@ -338,6 +339,22 @@ def bad_empty_review_and_existing_output_kept(tmp):
     assert r.returncode == 1 and files_under(out) == ["imdb_train.bin"], files_under(out)
     with open(old, "rb") as f:
         assert f.read() == b"old"
+
+
+@test
+def bad_star_rating(tmp):
+    # IMDB's ratings are 1..10 (dev/FORMATS.md section 3): an archive with
+    # another is refused, naming the review, and write_dataset refuses one too
+    reviews = FAKE_REVIEWS + [("test/pos", "9_11.txt", "Eleven out of ten.")]
+    arc = make_archive(os.path.join(tmp, "stars11.tar.gz"), reviews)
+    msg = _bad(tmp, ["--archive", arc], "9_11.txt")
+    assert "star rating 11" in msg, msg
+    for star in (11, -1):
+        try:
+            P.write_dataset(os.path.join(tmp, "s.bin"), [(1, star, array.array("H", [5]))], 2)
+            raise AssertionError(f"write_dataset accepted star rating {star}")
+        except P.PrepError as e:
+            assert f"star rating {star}" in str(e), str(e)
 
 
 @test

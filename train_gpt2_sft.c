@@ -946,6 +946,20 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // Forward and backward passes of the whole model.
 
+// Writes zeros to n floats: the pages are then mapped once, here, rather than
+// one fault at a time inside a training step that first reaches them.
+void touch_floats(float *x, size_t n) {
+    const size_t chunk = (size_t)1 << 20;
+    #pragma omp parallel for schedule(static)
+    for (long c = 0; c < (long)((n + chunk - 1) / chunk); c++) {
+        const size_t start = (size_t)c * chunk;
+        memset(x + start, 0, (n - start < chunk ? n - start : chunk) * sizeof(float));
+    }
+}
+
+// Activations and backward buffers for batches of up to B x T, kept between
+// steps and grown only when a larger batch arrives. The training loop calls it
+// once with its largest batch, so no memory is first touched inside a step.
 void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     if (model->acts_memory != NULL && B <= model->max_batch && T <= model->max_seq &&
         max_threads() <= model->buffer_threads) { return; }
@@ -967,6 +981,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     size_t total = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { total += sizes[i]; }
     model->acts_memory = (float *)malloc_or_die(total * sizeof(float), "activations");
+    touch_floats(model->acts_memory, total);
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
     enum { NUM_BUFFERS = 13 };
@@ -980,6 +995,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     size_t buf_total = 0;
     for (int i = 0; i < NUM_BUFFERS; i++) { buf_total += buf_sizes[i]; }
     model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
+    touch_floats(model->bufs_memory, buf_total);
     float *p = model->bufs_memory;
     for (int i = 0; i < NUM_BUFFERS; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
     model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
@@ -2907,6 +2923,7 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     int64_t *share = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "batch share");
     int order_epoch = -1;
     Batch batch = batch_alloc(B, args->max_len);
+    gpt2_ensure_buffers(model, B, args->max_len); // evaluation uses the same batch shape
     const double start_time = seconds_now();
     double log_time = start_time, log_loss = 0.0, allreduce_seconds = 0.0;
     long log_tokens = 0, log_positions = 0, log_padding = 0;

@@ -94,6 +94,7 @@ static double bench_step(int depth, int B, int T, int steps, int full_lengths, c
     OptimizerConfig opt = {5e-5f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f, 0, 1000};
     double forward_s = 0, backward_s = 0, update_s = 0;
     long real_tokens = 0, positions = 0;
+    gpt2_ensure_buffers(&model, B, T); // as train() does before its first step
     for (int step = -1; step < steps; step++) { // step -1 warms up
         if (data_path != NULL) {
             const int64_t start = (int64_t)(step + 2) * (data.num_examples - B) / (steps + 2);

@@ -22,24 +22,17 @@ while [ $# -gt 0 ]; do
 done
 OUT=$ROOT/build/bench_builds
 mkdir -p "$OUT"
-host_flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
-can_run() { # the same test as dev/test_builds.sh
-    local macros
-    macros=$("$1" $2 -dM -E - </dev/null 2>/dev/null) || return 1
-    for ext in AVX512F:avx512f AVX2:avx2 FMA:fma AVX512BW:avx512bw AVX512VL:avx512vl AVX512FP16:avx512_fp16; do
-        if echo "$macros" | grep -q "__${ext%%:*}__ 1" && ! echo " $host_flags " | grep -q " ${ext#*:} "; then return 1; fi
-    done
-}
+source "$ROOT/dev/builds.sh"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $THREADS threads, N = $((B * T))"
 printf '%-6s %-16s %-22s %9s %17s %15s\n' cc march kernel "peak" "GFLOP/s (min-max)" "% of peak"
 for cc in gcc clang; do
     command -v $cc >/dev/null || continue
-    for build in "native:-march=native" "x86-64-v4:-march=x86-64-v4" "sapphirerapids:-march=sapphirerapids" \
-                 "x86-64-v3:-march=x86-64-v3" "znver3:-march=znver3" "default:" "portable:-march=native -DGEMM_PORTABLE"; do
+    for build in "${BUILDS[@]}"; do
         name=${build%%:*}; flags=${build#*:}
+        [ "$name" = reference ] && continue # the triple loop: minutes per product, and not meant to be fast
         if ! can_run $cc "$flags"; then printf '%-6s %-16s skipped: this CPU or compiler cannot run it\n' $cc $name; continue; fi
         bin=$OUT/bench_sft_${cc}_$name
-        $cc -O3 $flags -ffp-contract=fast -fno-math-errno -std=c99 -D_POSIX_C_SOURCE=200809L -fopenmp \
+        $cc $BUILD_FLAGS $flags \
             -o "$bin" "$ROOT/dev/bench_sft.c" -lm || { echo "$cc $name: build failed"; continue; }
         out=$(OMP_NUM_THREADS=$THREADS "$bin" matmul -B $B -T $T)
         echo "$out" > "$bin.log"

@@ -20,26 +20,16 @@ mkdir -p "$OUT"
 TINY="$REF/gpt2_tiny.bin $REF/gpt2_tiny_debug_state.bin $REF/gpt2_tiny_reg_debug_state.bin $REF/gpt2_tiny_dropout_debug_state.bin"
 for f in $TINY; do [ -f "$f" ] || { echo "missing $f: run make reference"; echo "0 passed, 1 failed"; exit 1; }; done
 
-host_flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
-# can_run CC FLAGS: the CPU has every x86 vector extension the flags enable
-can_run() {
-    local macros
-    macros=$("$1" $2 -dM -E - </dev/null 2>/dev/null) || return 1
-    for ext in AVX512F:avx512f AVX2:avx2 FMA:fma AVX512BW:avx512bw AVX512VL:avx512vl AVX512FP16:avx512_fp16; do
-        if echo "$macros" | grep -q "__${ext%%:*}__ 1" && ! echo " $host_flags " | grep -q " ${ext#*:} "; then return 1; fi
-    done
-}
+source "$ROOT/dev/builds.sh"
 
 passed=0; failed=0
 for cc in gcc clang; do
     if ! command -v $cc >/dev/null; then echo "SKIP $cc: not installed (apt-get install $cc)"; continue; fi
-    for build in "native:-march=native" "x86-64-v4:-march=x86-64-v4" "sapphirerapids:-march=sapphirerapids" \
-                 "x86-64-v3:-march=x86-64-v3" "znver3:-march=znver3" "default:" \
-                 "portable:-march=native -DGEMM_PORTABLE" "reference:-march=native -DGEMM_REFERENCE"; do
+    for build in "${BUILDS[@]}"; do
         name=${build%%:*}; flags=${build#*:}
         if ! can_run $cc "$flags"; then echo "SKIP $cc $name: this CPU or compiler cannot run $flags"; continue; fi
         bin=$OUT/test_sft_${cc}_$name
-        if ! $cc -O3 $flags -ffp-contract=fast -fno-math-errno -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fopenmp \
+        if ! $cc $BUILD_FLAGS $flags -Wall -Wextra -Werror \
                 -o "$bin" "$ROOT/test_sft.c" -lm 2>"$bin.log"; then
             echo "FAIL $cc $name: build ($bin.log)"; cat "$bin.log"; failed=$((failed + 1)); continue
         fi

@@ -2230,6 +2230,8 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 //   AVX-512:  32 registers of 16 floats, tile 12 x 32: 24 accumulators
 //   AVX/AVX2: 16 registers of 8 floats,  tile  6 x 16: 12 accumulators
 //   SSE/NEON: 16-32 registers of 4,      tile  6 x 8:  12 accumulators
+// (other CPUs, e.g. RISC-V, take the portable kernel: without vector
+// registers the compiler would split the vectors into scalars anyway)
 // -DGEMM_PORTABLE selects the plain-C kernel on any compiler, -DGEMM_REFERENCE
 // the triple loop above; test_sft checks each against gemm_reference.
 #if !defined(GEMM_PORTABLE) && !defined(GEMM_REFERENCE) && defined(__GNUC__) && !defined(__TINYC__)
@@ -2239,11 +2241,20 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 #elif defined(__AVX__)
 #define GEMM_VECTOR_BYTES 32
 #define GEMM_ISA "AVX2/AVX"
-#elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__) || defined(__riscv)
+#elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
 #define GEMM_VECTOR_BYTES 16
 #define GEMM_ISA "128-bit"
 #endif
 #endif
+// what the trainer, test_sft and the benchmarks print as the kernel in use
+#if defined(GEMM_REFERENCE)
+#define GEMM_KERNEL_NAME "reference triple loop"
+#elif defined(GEMM_VECTOR_BYTES)
+#define GEMM_KERNEL_NAME GEMM_ISA " vectors"
+#else
+#define GEMM_KERNEL_NAME "portable C"
+#endif
+
 #ifdef GEMM_VECTOR_BYTES
 typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // clang otherwise splits the vectors into halves where it prefers 256-bit ones
@@ -2315,17 +2326,9 @@ void pack_b_panel(float *panel, StridedMatrix b, int col0, int cols, int k0, int
     pack_panel(panel, b, col0, cols, k0, kc, GEMM_NR);
 }
 
-#if defined(GEMM_REFERENCE)
-#define GEMM_KERNEL_NAME "reference triple loop"
-#elif defined(GEMM_VECTOR_BYTES)
-#define GEMM_KERNEL_NAME GEMM_ISA " vectors"
-#else
-#define GEMM_KERNEL_NAME "portable C"
-#endif
-
 #ifdef GEMM_VECTOR_BYTES
 #define GEMM_NV (GEMM_NR / GEMM_VF) // vectors per row of the tile
-// the same vector at any float-aligned address (C and the panels need no more)
+// the same vector at any float-aligned address: C's rows need no more
 typedef float gemm_vector_unaligned __attribute__((vector_size(GEMM_VECTOR_BYTES), aligned(4), may_alias));
 static inline gemm_vector vector_load(const float *p) { return *(const gemm_vector_unaligned *)p; }
 static inline void vector_store(float *p, gemm_vector v) { *(gemm_vector_unaligned *)p = v; }

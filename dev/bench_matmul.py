@@ -7,9 +7,9 @@ projection) at N = B*T rows, times the forward product y = x W^T and the two
 backward products dx = dy W and dW = dy^T x, in C (build/bench_sft matmul,
 best of 5) and with OpenBLAS through numpy (best of 5, same transposes,
 float32), and prints GFLOP/s, % of the machine's peak and the ratio
-C / OpenBLAS. The peak is measured first, as dev/bench_train.py does
-(`bench_sft peak`, best of 5 runs): FMA throughput at the vector width of
-the C matmul's ISA, same threads.
+C / OpenBLAS. The peak is the one `bench_sft matmul` measures first (as
+`bench_sft peak` does, best of 5 repetitions): FMA throughput at the vector
+width of the C matmul's ISA, same threads.
 Also printed, C only: attention's products (bench_sft times them inside the
 fused causal attention, softmax included; OpenBLAS has no counterpart).
 --vocab adds the vocabulary projection, N x 768 x 50304 (x @ wte^T, dy @ wte,
@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 # bench_train imports only the standard library at module level: no torch in these processes
-from bench_train import BENCH_SFT, blas_in_use, build_flags, machine_peak  # noqa: E402
+from bench_train import BENCH_SFT, blas_in_use, build_flags, peak_of  # noqa: E402
 
 PRODUCTS = ("forward", "dinp", "dweight")
 
@@ -83,11 +83,11 @@ def main():
     subprocess.run(["make", "-s", "build/bench_sft"], cwd=ROOT, check=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cmd = [BENCH_SFT, "matmul", "-B", str(args.B), "-T", str(args.T)] + (["--vocab"] if args.vocab else [])
-    build, peak_line, peak, isa = machine_peak(args.threads)
+    c_out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    build, peak_line, peak, isa = peak_of(c_out)
     print(build)
     print("flags: " + build_flags())
     print(peak_line)
-    c_out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     env.update(OPENBLAS_NUM_THREADS=str(args.threads), OPENBLAS_CORETYPE=args.coretype)
     env.pop("OPENBLAS_L2_SIZE", None)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--openblas-worker"] + sys.argv[1:],

@@ -22,7 +22,7 @@ memory and the speed ratio of C against the faster PyTorch.
 
 MFU (model FLOPs utilization) = the FLOPs the step needs / its time / the
 machine's peak. The peak is measured first by `build/bench_sft peak` on the
-same threads (best of 5 runs): FMA throughput at the vector width of the C matmul's ISA. The
+same threads (the best of its 5 repetitions): FMA throughput at the vector width of the C matmul's ISA. The
 FLOPs (step_flops) count matrix products only, 2 per multiply-add, forward
 and backward (backward = 2x forward: input and weight gradients), at real
 tokens only, and only what a classifier needs: the last block at each
@@ -120,16 +120,20 @@ def timed_lengths(args):
     return [[min(int(data.lengths[i]), args.T) for i in rows] for rows in batches[1:]]
 
 
-def machine_peak(threads, runs=5):
-    """Runs `bench_sft peak` `runs` times and keeps the best run (other load on a shared
-    machine only ever lowers it): returns its build line, peak line, GFLOP/s and ISA."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    outs = [subprocess.run([BENCH_SFT, "peak"], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
-            for _ in range(runs)]
-    gflops, out = max((float(re.search(r"result: peak gflops ([\d.]+)", out).group(1)), out) for out in outs)
+def peak_of(out):
+    """The build line, peak line, peak GFLOP/s and ISA from the output of `bench_sft peak` (or of
+    `bench_sft matmul`, which measures the peak first)."""
     build = next(line for line in out.splitlines() if line.startswith("build:"))
     peak = next(line for line in out.splitlines() if line.startswith("peak:"))
+    gflops = float(re.search(r"result: peak gflops ([\d.]+)", out).group(1))
     return build, peak, gflops, re.match(r"peak: (.*?), \d+-float vectors", peak).group(1)
+
+
+def machine_peak(threads):
+    """`bench_sft peak` on `threads` threads (the best of its 5 repetitions): see peak_of."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    return peak_of(subprocess.run([BENCH_SFT, "peak"], cwd=ROOT, env=env, check=True, capture_output=True,
+                                  text=True).stdout)
 
 
 def build_flags():

@@ -125,6 +125,21 @@ def dataset_bytes(examples, num_labels=2, vocab=VOCAB):
             struct.pack("<%dH" % len(tokens), *tokens))
 
 
+def toy_examples(n, seed):
+    """Examples (tokens, label, stars) of a learnable task, for the CLI and MPI
+    tests: label 1 iff token 1000 appears more often than 2000."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(4, 40)
+        label = rng.randrange(2)
+        toks = [rng.randrange(3000, 50257) for _ in range(length)]
+        for _ in range(rng.randint(1, 3)):
+            toks[rng.randrange(length)] = 1000 if label else 2000
+        out.append((toks, label, 8 if label else 2))
+    return out
+
+
 def good_examples(n=8, seed=2, max_len=24, num_labels=2):
     """n examples of 1..max_len tokens (some longer than the tiny model's 16
     positions, so truncation runs), labels cycling through the classes."""

@@ -35,7 +35,6 @@ import argparse
 import array
 import filecmp
 import os
-import random
 import re
 import shutil
 import struct
@@ -57,20 +56,6 @@ def check(name, ok, detail=""):
     passed += bool(ok)
     failed += not ok
     print(f"{'PASS' if ok else 'FAIL'}  {name}{'  ' + detail if detail and not ok else ''}", flush=True)
-
-
-def toy_examples(n, seed):
-    """A learnable task: label 1 iff token 1000 appears more often than 2000."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(4, 40)
-        label = rng.randrange(2)
-        toks = [rng.randrange(3000, 50257) for _ in range(length)]
-        for _ in range(rng.randint(1, 3)):
-            toks[rng.randrange(length)] = 1000 if label else 2000
-        out.append((toks, label, 8 if label else 2))
-    return out
 
 
 def floats_of(path, skip=files.HEADER_BYTES):
@@ -171,9 +156,9 @@ def main():
         f.write(overflow)
     train, test = p("train.bin"), p("test.bin")
     with open(train, "wb") as f:
-        f.write(files.dataset_bytes(toy_examples(96, 1)))
+        f.write(files.dataset_bytes(files.toy_examples(96, 1)))
     with open(test, "wb") as f:
-        f.write(files.dataset_bytes(toy_examples(41, 2)))  # 41: the last round is ragged
+        f.write(files.dataset_bytes(files.toy_examples(41, 2)))  # 41: the last round is ragged
     with open(train, "rb") as f:
         data = f.read()
     with open(p("truncated.bin"), "wb") as f:

@@ -20,7 +20,6 @@ import csv
 import filecmp
 import math
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -49,20 +48,6 @@ def run(binary, args, threads=None):
     return p.returncode, p.stdout, p.stderr
 
 
-def toy_examples(n, seed):
-    """A learnable task: label 1 iff token 1000 appears more often than 2000."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(4, 40)
-        label = rng.randrange(2)
-        toks = [rng.randrange(3000, 50257) for _ in range(length)]
-        for _ in range(rng.randint(1, 3)):
-            toks[rng.randrange(length)] = 1000 if label else 2000
-        out.append((toks, label, 8 if label else 2))
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "train_gpt2_sft"))
@@ -77,9 +62,9 @@ def main():
         f.write(files.llmc_checkpoint(cfg, seed=3))
     train, test = os.path.join(d, "train.bin"), os.path.join(d, "test.bin")
     with open(train, "wb") as f:
-        f.write(files.dataset_bytes(toy_examples(96, 1)))
+        f.write(files.dataset_bytes(files.toy_examples(96, 1)))
     with open(test, "wb") as f:
-        f.write(files.dataset_bytes(toy_examples(40, 2)))
+        f.write(files.dataset_bytes(files.toy_examples(40, 2)))
     p = lambda name: os.path.join(d, name)  # noqa: E731
     common = ["-m", model, "--train", train, "--test", test, "--max-len", "24", "--truncation", "head+tail",
               "--batch-size", "4", "--grad-accum", "2", "--max-steps", "12", "--warmup-steps", "3",

@@ -760,6 +760,72 @@ float loss_forward_backward(float *dlogits, const float *logits, const int *labe
     return (float)(total / B);
 }
 
+// The language-model head and its loss, for pretraining (--task lm). GPT-2
+// predicts the next token with the token embedding matrix itself (weight
+// tying): the logits of a position are its final hidden state x (C) against
+// every row of wte,
+//   z = x . wte^T  (Vp),  of which the first V columns are real tokens;
+//   loss = -(1/N) sum_i log softmax(z_i[0..V))[y_i]
+// over the N positions that have a next token y_i. As for the classifier,
+//   dz_i = (softmax(z_i) - onehot(y_i)) / N     (0 in the padding columns)
+//   dx = dz . wte;   dwte += dz^T . x
+// The (N,Vp) logits would take 200 KB per position with GPT-2's vocabulary,
+// so they are computed LM_CHUNK_ROWS positions at a time (51 MB for 50304
+// columns) and turned into gradients at once: the forward pass of this layer
+// already runs its backward, which gpt2_backward then only adds in.
+// x (N,C); targets (N); logits (LM_CHUNK_ROWS, Vp) scratch; dx (N,C) and
+// dwte (Vp,C) overwritten, and only computed when grad_scale != 0.
+// Returns the summed (not averaged) loss, in double.
+#define LM_CHUNK_ROWS 256
+double lm_head_forward_backward(float *dx, float *dwte, float *logits, const float *x, const int *targets,
+                                const float *wte, int N, int C, int V, int Vp, float grad_scale) {
+    double *row_losses = (double *)malloc_or_die((size_t)LM_CHUNK_ROWS * sizeof(double), "row losses");
+    const float scale = grad_scale / (float)N;
+    double total = 0.0;
+    for (int i0 = 0; i0 < N; i0 += LM_CHUNK_ROWS) {
+        const int rows = N - i0 < LM_CHUNK_ROWS ? N - i0 : LM_CHUNK_ROWS;
+        const StridedMatrix x_chunk = {x + (size_t)i0 * C, C, 1}, wte_transposed = {wte, 1, C};
+        gemm(rows, Vp, C, x_chunk, wte_transposed, logits, Vp, 0);
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < rows; i++) {
+            float *z = logits + (size_t)i * Vp;
+            // eight running maxima and sums, so the loops vectorize
+            float maxima[8];
+            for (int j = 0; j < 8; j++) { maxima[j] = -FLT_MAX; }
+            int k = 0;
+            for (; k + 8 <= V; k += 8) {
+                for (int j = 0; j < 8; j++) { maxima[j] = z[k + j] > maxima[j] ? z[k + j] : maxima[j]; }
+            }
+            float max_z = maxima[0];
+            for (int j = 1; j < 8; j++) { max_z = maxima[j] > max_z ? maxima[j] : max_z; }
+            for (; k < V; k++) { max_z = z[k] > max_z ? z[k] : max_z; }
+            const float target_z = z[targets[i0 + i]];
+            double sums[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+            for (k = 0; k + 8 <= V; k += 8) { // z becomes exp(z - max)
+                for (int j = 0; j < 8; j++) { z[k + j] = exp_fast(z[k + j] - max_z); sums[j] += z[k + j]; }
+            }
+            for (; k < V; k++) { z[k] = exp_fast(z[k] - max_z); sums[0] += z[k]; }
+            const double sum = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+            row_losses[i] = log(sum) + max_z - target_z;
+            if (grad_scale != 0.0f) { // z becomes dz
+                const float p_scale = (float)(1.0 / sum) * scale;
+                for (k = 0; k < V; k++) { z[k] *= p_scale; }
+                for (; k < Vp; k++) { z[k] = 0.0f; }
+                z[targets[i0 + i]] -= scale;
+            }
+        }
+        for (int i = 0; i < rows; i++) { total += row_losses[i]; } // in order: the same on any thread count
+        if (grad_scale != 0.0f) {
+            const StridedMatrix dz = {logits, Vp, 1}, w = {wte, C, 1};
+            gemm(rows, C, Vp, dz, w, dx + (size_t)i0 * C, C, 0);
+            const StridedMatrix dz_transposed = {logits, 1, Vp};
+            gemm(Vp, C, rows, dz_transposed, x_chunk, dwte, C, i0 > 0);
+        }
+    }
+    free(row_losses);
+    return total;
+}
+
 // ----------------------------------------------------------------------------
 // The model: configuration, parameters, activations.
 
@@ -770,8 +836,12 @@ typedef struct {
     int num_layers;        // L
     int num_heads;         // NH
     int channels;          // C
-    int num_labels;        // K: classes, or 1 for regression
+    int num_labels;        // K: classes, 1 for regression, 0 for a language model (no head)
 } GPT2Config;
+
+// A language model (--task lm, pretraining) has no head: its output layer is
+// wte itself, and every position is predicted, so every block runs everywhere.
+int is_language_model(const GPT2Config *cfg) { return cfg->num_labels == 0; }
 
 #define NUM_PARAMETER_TENSORS 17
 typedef struct {
@@ -827,9 +897,12 @@ void carve_parameters(ParameterTensors *t, float *memory, const size_t sizes[NUM
     }
 }
 
-// Everything the forward pass keeps for the backward pass. Layers 0..L-2 run
-// at every position; the last block runs only at each sequence's last real
-// position (see last_block_forward), except for its keys and values.
+// Everything the forward pass keeps for the backward pass. For a classifier,
+// layers 0..L-2 run at every position; the last block runs only at each
+// sequence's last real position (see last_block_forward), except for its keys
+// and values. A language model runs all L layers at every position (the
+// per-layer tensors below then have L layers, `pooled` and the final
+// LayerNorm's statistics B*T rows, and the last_* tensors go unused).
 #define NUM_ACTIVATION_TENSORS 26
 typedef struct {
     float *encoded;        // (B,T,C)        embeddings, the input of layer 0
@@ -855,14 +928,16 @@ typedef struct {
     float *last_ln2_rstd;  // (B)
     float *last_fch;       // (B,4C)
     float *last_residual3; // (B,C)
-    float *pooled;         // (B,C)          final LayerNorm of the last block's output
+    float *pooled;         // (B,C)          final LayerNorm of the last block's output (B,T,C: LM)
     float *lnf_mean;       // (B)
     float *lnf_rstd;       // (B)
 } ActivationTensors;
 
 void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int B, int T) {
     const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, Bs = B;
-    const size_t BT = (size_t)B * T, full = L - 1; // layers run at every position
+    const int lm = is_language_model(&cfg);
+    const size_t BT = (size_t)B * T, full = lm ? L : L - 1; // layers run at every position
+    const size_t pooled_rows = lm ? BT : Bs;
     sizes[0] = BT * C;
     sizes[1] = L * BT * C;         sizes[2] = L * BT;          sizes[3] = L * BT;
     sizes[4] = L * BT * 3 * C;
@@ -874,7 +949,7 @@ void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], GPT2Config cfg, int 
     sizes[16] = Bs * C;            sizes[17] = Bs * C;         sizes[18] = Bs * C;
     sizes[19] = Bs;                sizes[20] = Bs;             sizes[21] = Bs * 4 * C;
     sizes[22] = Bs * C;
-    sizes[23] = Bs * C;            sizes[24] = Bs;             sizes[25] = Bs;
+    sizes[23] = pooled_rows * C;   sizes[24] = pooled_rows;    sizes[25] = pooled_rows;
 }
 
 void carve_activations(ActivationTensors *t, float *memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
@@ -901,11 +976,16 @@ typedef struct {
     float *gelu;      // (B,T,4C)  the recomputed GELU output of the current layer
     float *branch;    // (B,T,C)   with dropout: a residual branch before dropout, or its gradient
     float *att_scratch; // (threads, 2 ATTENTION_BLOCK, T)  attention's blocks, forward and backward
-    float *dpooled;   // (B,C)
+    float *dpooled;   // (B,C)     (B,T,C) for a language model
     float *dlogits;   // (B,K)
     float *dlast;     // (B,C)     dL/d(last block's residual stream) at the last positions
     float *dlast_q;   // (B,C)
     float *dlast_ln1; // (B,C)
+    // a language model's head (lm_head_forward_backward), empty for a classifier:
+    float *lm_x;      // (B*T,C)   the final hidden states of the positions that have a next token
+    float *lm_dx;     // (B*T,C)   their gradients
+    float *lm_logits; // (LM_CHUNK_ROWS,Vp)  one chunk of logits, then of their gradients
+    float *lm_dwte;   // (Vp,C)    the head's part of dL/dwte, computed in the forward pass
 } BackwardBuffers;
 
 typedef struct {
@@ -925,6 +1005,10 @@ typedef struct {
     int max_batch, max_seq;   // the sizes acts and bufs are allocated for
     int buffer_threads;       // threads the per-thread scratch is allocated for
     float *logits;            // (B,K)
+    int *lm_targets;          // (B*T) a language model's next tokens, for the positions in lm_x
+    int *lm_positions;        // (B*T) where in the batch (b*T + t) each of them is
+    int lm_predictions;       // how many positions of the current batch have a next token
+    int backward_ready;       // the last forward prepared the gradients gpt2_backward needs
     int B, T;                 // the current batch
     const int *tokens;        // (B,T) of the current batch
     const int *lengths;       // (B)
@@ -973,8 +1057,8 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     const GPT2Config *cfg = &model->config;
     // An upper bound of all the floats below; sizes are size_t, 32 bits on some hosts.
     const double c = cfg->channels, per_position = cfg->num_layers * (16 * c + (double)cfg->num_heads * T + 8) + 16 * c;
-    const double floats = (double)B * T * per_position + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
-                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T);
+    const double floats = (double)B * T * (per_position + 4 * c) + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
+                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T) + (LM_CHUNK_ROWS + c) * (double)cfg->padded_vocab_size;
     if (floats * sizeof(float) > (double)SIZE_MAX) { fail("a batch of %d x %d tokens needs more memory than this machine can address", B, T); }
     size_t sizes[NUM_ACTIVATION_TENSORS];
     activation_sizes(sizes, *cfg, B, T);
@@ -984,14 +1068,17 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     touch_floats(model->acts_memory, total);
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
-    enum { NUM_BUFFERS = 13 };
+    const size_t lm = is_language_model(cfg), Vp = cfg->padded_vocab_size;
+    enum { NUM_BUFFERS = 17 };
     const size_t buf_sizes[NUM_BUFFERS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C,
                                            (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
-                                           B * C, B * K, B * C, B * C, B * C};
+                                           (lm ? BT : (size_t)B) * C, B * K, B * C, B * C, B * C,
+                                           lm * BT * C, lm * BT * C, lm * LM_CHUNK_ROWS * Vp, lm * Vp * C};
     float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
                                       &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.att_scratch,
                                       &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
-                                      &model->bufs.dlast_q, &model->bufs.dlast_ln1};
+                                      &model->bufs.dlast_q, &model->bufs.dlast_ln1,
+                                      &model->bufs.lm_x, &model->bufs.lm_dx, &model->bufs.lm_logits, &model->bufs.lm_dwte};
     size_t buf_total = 0;
     for (int i = 0; i < NUM_BUFFERS; i++) { buf_total += buf_sizes[i]; }
     model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
@@ -999,6 +1086,10 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     float *p = model->bufs_memory;
     for (int i = 0; i < NUM_BUFFERS; i++) { *buf_slots[i] = p; p += buf_sizes[i]; }
     model->logits = (float *)malloc_or_die((size_t)B * K * sizeof(float), "logits");
+    free(model->lm_targets);
+    free(model->lm_positions);
+    model->lm_targets = (int *)malloc_or_die(lm * BT * sizeof(int), "next tokens");
+    model->lm_positions = (int *)malloc_or_die(lm * BT * sizeof(int), "positions with a next token");
     model->max_batch = B;
     model->max_seq = T;
     model->buffer_threads = max_threads();
@@ -1025,6 +1116,11 @@ void validate_batch(const GPT2 *model, const Batch *batch) {
             (batch->labels[b] < 0 || batch->labels[b] >= cfg->num_labels)) {
             fail("label %d of sequence %d is out of range 0..%d", batch->labels[b], b, cfg->num_labels - 1);
         }
+    }
+    if (is_language_model(cfg)) {
+        int longest = 0;
+        for (int b = 0; b < batch->B; b++) { longest = batch->lengths[b] > longest ? batch->lengths[b] : longest; }
+        if (longest < 2) { fail("a language-model batch needs a sequence of at least 2 tokens: one to read, one to predict"); }
     }
 }
 
@@ -1127,15 +1223,67 @@ void last_block_forward(GPT2 *model, const float *input) {
                             p.fcprojb + l * C, branch, B, 4 * C, C, drop.mlp);
 }
 
-// Runs the model on a batch: fills model->logits (B,K). When the batch has
-// targets (labels or regression targets), also computes model->loss and
-// leaves dlogits ready for gpt2_backward, scaled by grad_scale. `dropout`
-// is NULL for evaluation and inference; training passes its pass's masks.
+// The output of a language model: the final LayerNorm at every position,
+// then the tied head and the next-token loss at the positions that have a
+// next token (t < lengths[b] - 1), gathered into rows: padding costs nothing
+// in the head, which for small models is most of the work.
+void language_model_head_forward(GPT2 *model, float grad_scale) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs;
+    const float *top = a.residual3 + (size_t)(cfg->num_layers - 1) * B * T * C;
+    layernorm_forward(a.pooled, a.lnf_mean, a.lnf_rstd, top, p.lnfw, p.lnfb, B * T, C);
+    int n = 0;
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t + 1 < model->lengths[b]; t++) {
+            model->lm_positions[n] = b * T + t;
+            model->lm_targets[n] = model->tokens[b * T + t + 1];
+            n++;
+        }
+    }
+    model->lm_predictions = n;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        memcpy(d.lm_x + (size_t)i * C, a.pooled + (size_t)model->lm_positions[i] * C, (size_t)C * sizeof(float));
+    }
+    const double total = lm_head_forward_backward(d.lm_dx, d.lm_dwte, d.lm_logits, d.lm_x, model->lm_targets, p.wte,
+                                                  n, C, cfg->vocab_size, cfg->padded_vocab_size, grad_scale);
+    model->loss = (float)(total / n);
+}
+
+// The output of a classifier: the last block at the last real positions, the
+// final LayerNorm there, the head, and the loss when the batch has targets.
+void classifier_output_forward(GPT2 *model, const Batch *batch, float grad_scale) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, K = cfg->num_labels, last = cfg->num_layers - 1;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+    last_block_forward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * (size_t)B * T * C);
+    layernorm_forward(a.pooled, a.lnf_mean, a.lnf_rstd, a.last_residual3, p.lnfw, p.lnfb, B, C);
+    classifier_forward(model->logits, a.pooled, p.score, B, C, K);
+    const int has_targets = K >= 2 ? batch->labels != NULL : batch->targets != NULL;
+    if (!has_targets) { return; }
+    for (int b = 0; b < B * K; b++) {
+        if (!isfinite(model->logits[b])) { model->loss = NAN; return; }
+    }
+    model->loss = loss_forward_backward(model->bufs.dlogits, model->logits, batch->labels, batch->targets, B, K, grad_scale);
+}
+
+// Runs the model on a batch. A classifier fills model->logits (B,K); when the
+// batch has targets (labels or regression targets) it also computes
+// model->loss. A language model's targets are the batch's own next tokens: it
+// always computes model->loss, and keeps no logits (see
+// lm_head_forward_backward). With grad_scale != 0 the forward pass also
+// leaves what gpt2_backward needs, scaled by grad_scale (1/accumulation steps
+// when accumulating); evaluation passes 0. `dropout` is NULL for evaluation
+// and inference; training passes its pass's masks.
 void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale, const Dropout *dropout) {
     validate_batch(model, batch);
     if (dropout != NULL && !(dropout->p >= 0.0f && dropout->p < 1.0f)) { fail("dropout %g is out of range [0, 1)", dropout->p); }
     const GPT2Config *cfg = &model->config;
-    const int B = batch->B, T = batch->T, C = cfg->channels, K = cfg->num_labels;
+    const int B = batch->B, T = batch->T, C = cfg->channels, lm = is_language_model(cfg);
     gpt2_ensure_buffers(model, B, T);
     model->B = B; model->T = T;
     model->tokens = batch->tokens; model->lengths = batch->lengths;
@@ -1147,23 +1295,13 @@ void gpt2_forward(GPT2 *model, const Batch *batch, float grad_scale, const Dropo
     DropoutSite site;
     const DropoutSite *drop_embeddings = model_dropout_site(&site, model, 0, NULL);
     if (drop_embeddings != NULL) { dropout_apply(a.encoded, a.encoded, NULL, drop_embeddings, B * T, C); }
-    for (int l = 0; l < cfg->num_layers - 1; l++) {
+    for (int l = 0; l < cfg->num_layers - (lm ? 0 : 1); l++) {
         block_forward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * (size_t)B * T * C);
     }
-    const int last = cfg->num_layers - 1;
-    last_block_forward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * (size_t)B * T * C);
-    layernorm_forward(a.pooled, a.lnf_mean, a.lnf_rstd, a.last_residual3, p.lnfw, p.lnfb, B, C);
-    classifier_forward(model->logits, a.pooled, p.score, B, C, K);
-
     model->loss = -1.0f;
-    const int has_targets = K >= 2 ? batch->labels != NULL : batch->targets != NULL;
-    if (has_targets) {
-        for (int b = 0; b < B * K; b++) {
-            if (!isfinite(model->logits[b])) { model->loss = NAN; return; }
-        }
-        model->loss = loss_forward_backward(model->bufs.dlogits, model->logits, batch->labels,
-                                            batch->targets, B, K, grad_scale);
-    }
+    if (lm) { language_model_head_forward(model, grad_scale); }
+    else { classifier_output_forward(model, batch, grad_scale); }
+    model->backward_ready = grad_scale != 0.0f && model->loss >= 0.0f && isfinite(model->loss);
 }
 
 void gpt2_zero_grad(GPT2 *model) {
@@ -1265,26 +1403,59 @@ void last_block_backward(GPT2 *model, const float *input) {
                        p.ln1w + l * C, ln1_mean, ln1_rstd, N, C);
 }
 
-// Adds the gradient of the last forward's loss (times its grad_scale) to the
-// parameter gradients. Call gpt2_zero_grad before the first micro-batch.
-void gpt2_backward(GPT2 *model) {
-    if (model->loss < 0.0f || !isfinite(model->loss)) { fail("gpt2_backward needs a forward pass with targets and a finite loss"); }
-    if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
-    if (max_threads() > model->buffer_threads) { fail("gpt2_backward: the thread count grew after the forward pass"); }
+// Backward of language_model_head_forward, whose head already computed its
+// gradients: dwte += the head's part; the gradients of the gathered rows go
+// back to their positions (0 where nothing was predicted), and through the
+// final LayerNorm into d.dresidual, dL/d(the last block's output).
+void language_model_head_backward(GPT2 *model) {
     const GPT2Config *cfg = &model->config;
-    const int B = model->B, T = model->T, C = cfg->channels, K = cfg->num_labels;
-    const size_t BTC = (size_t)B * T * C;
+    const int B = model->B, T = model->T, C = cfg->channels;
+    const size_t BTC = (size_t)B * T * C, n = (size_t)cfg->padded_vocab_size * C;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     BackwardBuffers d = model->bufs;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) { g.wte[i] += d.lm_dwte[i]; }
+    memset(d.dpooled, 0, BTC * sizeof(float));
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < model->lm_predictions; i++) {
+        memcpy(d.dpooled + (size_t)model->lm_positions[i] * C, d.lm_dx + (size_t)i * C, (size_t)C * sizeof(float));
+    }
+    memset(d.dresidual, 0, BTC * sizeof(float));
+    const float *top = a.residual3 + (size_t)(cfg->num_layers - 1) * B * T * C;
+    layernorm_backward(d.dresidual, g.lnfw, g.lnfb, d.dpooled, top, p.lnfw, a.lnf_mean, a.lnf_rstd, B * T, C);
+}
 
+// Backward of classifier_output_forward, from dlogits to d.dresidual.
+void classifier_output_backward(GPT2 *model) {
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, K = cfg->num_labels, last = cfg->num_layers - 1;
+    ParameterTensors p = model->params, g = model->grads;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs;
     classifier_backward(d.dpooled, g.score, d.dlogits, a.pooled, p.score, B, C, K);
     memset(d.dlast, 0, (size_t)B * C * sizeof(float));
     layernorm_backward(d.dlast, g.lnfw, g.lnfb, d.dpooled, a.last_residual3, p.lnfw,
                        a.lnf_mean, a.lnf_rstd, B, C);
-    const int last = cfg->num_layers - 1;
-    last_block_backward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * BTC);
-    for (int l = last - 1; l >= 0; l--) {
+    last_block_backward(model, last == 0 ? a.encoded : a.residual3 + (last - 1) * (size_t)B * T * C);
+}
+
+// Adds the gradient of the last forward's loss (times its grad_scale) to the
+// parameter gradients. Call gpt2_zero_grad before the first micro-batch.
+void gpt2_backward(GPT2 *model) {
+    if (!model->backward_ready) { fail("gpt2_backward needs a forward pass with targets, grad_scale != 0 and a finite loss"); }
+    if (model->grads_memory == NULL) { gpt2_zero_grad(model); }
+    if (max_threads() > model->buffer_threads) { fail("gpt2_backward: the thread count grew after the forward pass"); }
+    const GPT2Config *cfg = &model->config;
+    const int B = model->B, T = model->T, C = cfg->channels, lm = is_language_model(cfg);
+    const size_t BTC = (size_t)B * T * C;
+    ParameterTensors g = model->grads;
+    ActivationTensors a = model->acts;
+    BackwardBuffers d = model->bufs;
+
+    if (lm) { language_model_head_backward(model); }
+    else { classifier_output_backward(model); }
+    for (int l = cfg->num_layers - (lm ? 1 : 2); l >= 0; l--) {
         block_backward(model, l, l == 0 ? a.encoded : a.residual3 + (l - 1) * BTC);
     }
     DropoutSite site;
@@ -1424,6 +1595,8 @@ void gpt2_free(GPT2 *model) {
     free(model->acts_memory);
     free(model->bufs_memory);
     free(model->logits);
+    free(model->lm_targets);
+    free(model->lm_positions);
     memset(model, 0, sizeof(*model));
 }
 
@@ -1641,14 +1814,21 @@ void batch_free(Batch *batch) {
 // mega-batches of 50 batches, sort each by length so a batch holds sequences
 // of similar length (little padding), then shuffle the order of the batches.
 // order (N) receives example indices; batches are consecutive runs of B.
-void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
-    const int64_t N = d->num_examples;
-    uint64_t state = rng_seed(seed * 1000003ULL + (uint64_t)epoch);
+// order (N) = a random permutation of 0..N-1 (Fisher-Yates), from *state.
+void shuffled_indices(int64_t *order, int64_t N, uint64_t *state) {
     for (int64_t i = 0; i < N; i++) { order[i] = i; }
     for (int64_t i = N - 1; i > 0; i--) {
-        const int64_t j = (int64_t)(rng_next(&state) % (uint64_t)(i + 1));
+        const int64_t j = (int64_t)(rng_next(state) % (uint64_t)(i + 1));
         const int64_t tmp = order[i]; order[i] = order[j]; order[j] = tmp;
     }
+}
+
+uint64_t epoch_seed(uint64_t seed, int epoch) { return rng_seed(seed * 1000003ULL + (uint64_t)epoch); }
+
+void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
+    const int64_t N = d->num_examples;
+    uint64_t state = epoch_seed(seed, epoch);
+    shuffled_indices(order, N, &state);
     const int64_t mega = (int64_t)B * 50;
     for (int64_t start = 0; start < N; start += mega) {
         const int64_t end = start + mega < N ? start + mega : N;
@@ -1666,6 +1846,103 @@ void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t 
         for (int b = 0; b < B; b++) {
             const int64_t tmp = order[i * B + b]; order[i * B + b] = order[j * B + b]; order[j * B + b] = tmp;
         }
+    }
+}
+
+// A language model reads text rather than examples: the documents of one or
+// more datasets (their labels unused) as one stream of tokens, each document
+// preceded by <|endoftext|> as in GPT-2's training data, cut into rows of T
+// tokens. Row r is stream[r (T-1) .. r (T-1) + T): neighbouring rows share
+// one token, so each token after the first is predicted exactly once per
+// epoch. Packed rows have no padding, and a document may begin anywhere in a
+// row (attention then reads across the <|endoftext|>, as GPT-2's did).
+#define END_OF_TEXT 50256 // GPT-2's <|endoftext|>
+#define MAX_STREAM_SETS 8
+
+typedef struct {
+    const Dataset *sets[MAX_STREAM_SETS];
+    int num_sets;
+    int64_t set_first[MAX_STREAM_SETS + 1]; // index of each set's first document among all the sets'
+    int64_t first_doc, num_docs;            // the stream: documents first_doc.. of them
+    int64_t *doc_start;                     // (num_docs + 1) where each document begins in the stream
+    int T;                                  // tokens per row
+    int64_t num_rows;                       // full rows
+} TokenStream;
+
+// Document `doc` of the stream (counted from first_doc): its tokens and length.
+const uint16_t *stream_document(const TokenStream *s, int64_t doc, int *length) {
+    const int64_t g = s->first_doc + doc;
+    int k = 0;
+    while (g >= s->set_first[k + 1]) { k++; }
+    const Dataset *d = s->sets[k];
+    const int64_t i = g - s->set_first[k];
+    *length = d->lengths[i];
+    return d->tokens + d->offsets[i];
+}
+
+// The stream of documents first_doc .. first_doc + num_docs - 1 of the sets
+// taken in order; num_docs < 0: all from first_doc on.
+void token_stream_open(TokenStream *s, const Dataset *const *sets, int num_sets, int64_t first_doc,
+                       int64_t num_docs, int T) {
+    memset(s, 0, sizeof(*s));
+    if (num_sets < 1 || num_sets > MAX_STREAM_SETS) { fail("a language model reads 1..%d datasets, not %d", MAX_STREAM_SETS, num_sets); }
+    if (T < 2) { fail("--max-len %d: a language model's rows need at least 2 tokens", T); }
+    s->num_sets = num_sets;
+    for (int k = 0; k < num_sets; k++) {
+        s->sets[k] = sets[k];
+        s->set_first[k + 1] = s->set_first[k] + sets[k]->num_examples;
+        if (sets[k]->vocab_size <= END_OF_TEXT) {
+            fail("%s: vocabulary of %d tokens has no <|endoftext|> (%d) to separate documents", sets[k]->path,
+                 sets[k]->vocab_size, END_OF_TEXT);
+        }
+    }
+    const int64_t total = s->set_first[num_sets];
+    if (num_docs < 0) { num_docs = total - first_doc; }
+    if (first_doc < 0 || num_docs < 1 || first_doc + num_docs > total) { fail("no documents for the language model's stream"); }
+    s->first_doc = first_doc;
+    s->num_docs = num_docs;
+    s->T = T;
+    s->doc_start = (int64_t *)malloc_or_die((size_t)(num_docs + 1) * sizeof(int64_t), "document starts");
+    s->doc_start[0] = 0;
+    for (int64_t doc = 0; doc < num_docs; doc++) {
+        int length;
+        stream_document(s, doc, &length);
+        s->doc_start[doc + 1] = s->doc_start[doc] + 1 + length;
+    }
+    s->num_rows = (s->doc_start[num_docs] - 1) / (T - 1);
+    if (s->num_rows < 1) { fail("%lld documents make no row of %d tokens; use a smaller --max-len", (long long)num_docs, T); }
+}
+
+void token_stream_free(TokenStream *s) { free(s->doc_start); }
+
+// Copies row r of the stream (T tokens) into dst.
+void token_stream_row(const TokenStream *s, int64_t r, int *dst) {
+    const int64_t start = r * (s->T - 1);
+    int64_t lo = 0, hi = s->num_docs - 1; // the last document beginning at or before `start`
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (s->doc_start[mid] <= start) { lo = mid; } else { hi = mid - 1; }
+    }
+    int64_t doc = lo, offset = start - s->doc_start[doc]; // offset 0 is the document's <|endoftext|>
+    int length;
+    const uint16_t *tokens = stream_document(s, doc, &length);
+    for (int t = 0; t < s->T; t++, offset++) {
+        if (offset > length) {
+            doc++;
+            offset = 0;
+            tokens = stream_document(s, doc, &length);
+        }
+        dst[t] = offset == 0 ? END_OF_TEXT : tokens[offset - 1];
+    }
+}
+
+// Rows idx[0..B) of the stream as a batch: every sequence has length T.
+void fill_rows(Batch *batch, const TokenStream *s, const int64_t *idx, int B) {
+    batch->B = B;
+    batch->T = s->T;
+    for (int b = 0; b < B; b++) {
+        token_stream_row(s, idx[b], batch->tokens + (size_t)b * s->T);
+        batch->lengths[b] = s->T;
     }
 }
 
@@ -1731,7 +2008,7 @@ EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, 
         if (start < n) {
             const int b_count = (int)(n - start < B ? n - start : B);
             fill_batch(&batch, d, order + start, b_count, max_len, how, regression);
-            gpt2_forward(model, &batch, 1.0f, NULL);
+            gpt2_forward(model, &batch, 0.0f, NULL);
             merged[dp_rank] = (double)model->loss * b_count;
             for (int b = 0; b < b_count; b++) {
                 merged[dp_size + (int64_t)dp_rank * B + b] = predicted_class(model->logits + b * K, K);
@@ -1752,6 +2029,43 @@ EvalResult evaluate(GPT2 *model, const Dataset *d, int64_t max_examples, int B, 
     r.examples = n;
     r.loss = loss_sum / n;
     r.accuracy = (double)correct / n;
+    return r;
+}
+
+// A language model's loss on rows 0..max_rows-1 (all when <= 0) of a stream:
+// the mean next-token cross-entropy over their predictions, and its
+// perplexity exp(loss). Over MPI, batch j runs on rank j % N, as above.
+typedef struct {
+    int64_t rows;
+    double loss, perplexity;
+} LanguageModelEval;
+
+LanguageModelEval evaluate_language_model(GPT2 *model, const TokenStream *s, int64_t max_rows, int B) {
+    int64_t n = s->num_rows;
+    if (max_rows > 0 && max_rows < n) { n = max_rows; }
+    Batch batch = batch_alloc(B, s->T);
+    int64_t *idx = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "rows");
+    double sums[2] = {0.0, 0.0}; // summed loss, predictions
+    const int64_t round = (int64_t)B * dp_size;
+    double *merged = (double *)malloc_or_die((size_t)2 * dp_size * sizeof(double), "eval results");
+    for (int64_t first = 0; first < n; first += round) {
+        memset(merged, 0, (size_t)2 * dp_size * sizeof(double));
+        const int64_t start = first + (int64_t)dp_rank * B;
+        if (start < n) {
+            const int count = (int)(n - start < B ? n - start : B);
+            for (int b = 0; b < count; b++) { idx[b] = start + b; }
+            fill_rows(&batch, s, idx, count);
+            gpt2_forward(model, &batch, 0.0f, NULL);
+            merged[2 * dp_rank] = (double)model->loss * model->lm_predictions;
+            merged[2 * dp_rank + 1] = model->lm_predictions;
+        }
+        dp_merge_disjoint(merged, (size_t)2 * dp_size * sizeof(double));
+        for (int rank = 0; rank < dp_size; rank++) { sums[0] += merged[2 * rank]; sums[1] += merged[2 * rank + 1]; }
+    }
+    free(merged);
+    free(idx);
+    batch_free(&batch);
+    LanguageModelEval r = {n, sums[0] / sums[1], exp(sums[0] / sums[1])};
     return r;
 }
 
@@ -1785,6 +2099,10 @@ void print_eval_details(const EvalResult *r) {
 // in header[8], the number of updates done in header[9], and the head
 // `score` (K,C) after the last llm.c tensor. When header[10] is 1 (a --save
 // of a training run) the AdamW moments follow, see "Training state" below.
+// Written: a classifier as the fine-tuned checkpoint; a language model
+// (--task lm) in llm.c's format, with the number of updates in header[9] and
+// header[10] as above: llm.c reads the header and the parameters and ignores
+// what follows, so llm.c, -m and dev/export_hf.py all read the result.
 
 #define LLMC_MAGIC 20240326
 #define LLMC_VERSION 3
@@ -1792,6 +2110,7 @@ void print_eval_details(const EvalResult *r) {
 #define SFT_VERSION 1
 #define HEADER_INTS 256
 #define SFT_MOMENTS_SLOT 10 // header[10] = 1: the AdamW moments m and v follow the parameters
+#define LABELS_OF_FILE -1   // for a checkpoint's reader: the head the file has (2 classes if it has none)
 
 // The head of a model that does not have one yet: N(0, 0.02), as Hugging Face.
 void init_classifier_head(float *score, size_t n, uint64_t seed) {
@@ -1821,8 +2140,8 @@ int config_is_valid(const GPT2Config *cfg, char *error, size_t error_size) {
     if (cfg->vocab_size < 1 || cfg->vocab_size > 65536 || cfg->padded_vocab_size < cfg->vocab_size || cfg->padded_vocab_size > 1 << 24) {
         snprintf(error, error_size, "vocab_size %d / padded_vocab_size %d are inconsistent (token ids are 16-bit)", cfg->vocab_size, cfg->padded_vocab_size); return 0;
     }
-    if (cfg->num_labels < 1 || cfg->num_labels > 65536) {
-        snprintf(error, error_size, "num_labels %d is out of range 1..65536", cfg->num_labels); return 0;
+    if (cfg->num_labels < 0 || cfg->num_labels > 65536) {
+        snprintf(error, error_size, "num_labels %d is out of range 0..65536 (0: a language model)", cfg->num_labels); return 0;
     }
     // Sizes are size_t, 32 bits on some hosts: refuse a model whose sizes would wrap.
     const double C = cfg->channels, params = C * ((double)cfg->padded_vocab_size + cfg->max_seq_len + 2 +
@@ -1840,8 +2159,9 @@ void validate_config(const GPT2Config *cfg, const char *source) {
 
 // Reads and checks a checkpoint's header against the file size, before any
 // allocation. `num_labels` is the head size wanted: for an llm.c checkpoint
-// (no head) it sets the head, 0 meaning 2; for a fine-tuned one it must be 0
-// or equal the file's. *has_moments: whether the AdamW moments follow the
+// (no head) it sets the head (0: a language model, LABELS_OF_FILE: 2
+// classes); a fine-tuned one has a head, which LABELS_OF_FILE takes and any
+// other value must equal. *has_moments: whether the AdamW moments follow the
 // parameters. Returns 1, or 0 with the reason in `error`.
 int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labels, GPT2Config *cfg,
                             int *has_head, int *step, int *has_moments, char *error, size_t error_size) {
@@ -1866,23 +2186,27 @@ int checkpoint_parse_header(const unsigned char *data, size_t size, int num_labe
     cfg->num_heads = read_i32(data + 4 * 5);
     cfg->channels = read_i32(data + 4 * 6);
     cfg->padded_vocab_size = read_i32(data + 4 * 7);
-    *step = 0;
-    *has_moments = 0;
+    // llm.c's own files hold zeros here; this program's language models, their step and moments
+    *step = read_i32(data + 4 * 9);
+    if (*step < 0) { snprintf(error, error_size, "negative step count %d in the header", *step); return 0; }
+    *has_moments = read_i32(data + 4 * SFT_MOMENTS_SLOT);
+    if (*has_moments != 0 && *has_moments != 1) {
+        snprintf(error, error_size, "header[%d] is %d, not 0 or 1 (whether the AdamW moments follow)", SFT_MOMENTS_SLOT, *has_moments);
+        return 0;
+    }
     if (*has_head) {
         cfg->num_labels = read_i32(data + 4 * 8);
-        *step = read_i32(data + 4 * 9);
-        if (*step < 0) { snprintf(error, error_size, "negative step count %d in the header", *step); return 0; }
-        *has_moments = read_i32(data + 4 * SFT_MOMENTS_SLOT);
-        if (*has_moments != 0 && *has_moments != 1) {
-            snprintf(error, error_size, "header[%d] is %d, not 0 or 1 (whether the AdamW moments follow)", SFT_MOMENTS_SLOT, *has_moments);
+        if (cfg->num_labels < 1) { snprintf(error, error_size, "a fine-tuned checkpoint with %d labels", cfg->num_labels); return 0; }
+        if (num_labels == 0) {
+            snprintf(error, error_size, "a fine-tuned classifier; --task lm trains a language model from an llm.c checkpoint (or --init dN)");
             return 0;
         }
-        if (num_labels != 0 && num_labels != cfg->num_labels) {
+        if (num_labels != LABELS_OF_FILE && num_labels != cfg->num_labels) {
             snprintf(error, error_size, "the checkpoint has %d labels but %d were requested", cfg->num_labels, num_labels);
             return 0;
         }
     } else {
-        cfg->num_labels = num_labels != 0 ? num_labels : 2;
+        cfg->num_labels = num_labels != LABELS_OF_FILE ? num_labels : 2;
     }
     if (!config_is_valid(cfg, error, error_size)) { return 0; }
     size_t sizes[NUM_PARAMETER_TENSORS], stored = 0;
@@ -1925,21 +2249,23 @@ void gpt2_build_from_checkpoint(GPT2 *model, const char *path, int num_labels, u
     }
 }
 
-// The header of a fine-tuned checkpoint of the model, without moments.
-void sft_checkpoint_header(int32_t header[HEADER_INTS], const GPT2 *model) {
+// The header of the model's checkpoint, without moments: llm.c's format for
+// a language model, the fine-tuned checkpoint's for a classifier.
+void checkpoint_header(int32_t header[HEADER_INTS], const GPT2 *model) {
     memset(header, 0, HEADER_INTS * sizeof(int32_t));
     const GPT2Config *cfg = &model->config;
-    header[0] = SFT_MAGIC; header[1] = SFT_VERSION;
+    const int lm = is_language_model(cfg);
+    header[0] = lm ? LLMC_MAGIC : SFT_MAGIC; header[1] = lm ? LLMC_VERSION : SFT_VERSION;
     header[2] = cfg->max_seq_len; header[3] = cfg->vocab_size; header[4] = cfg->num_layers;
     header[5] = cfg->num_heads; header[6] = cfg->channels; header[7] = cfg->padded_vocab_size;
     header[8] = cfg->num_labels; header[9] = model->step;
 }
 
-// Writes the fine-tuned checkpoint, parameters only (write_file_atomically:
+// Writes the model's checkpoint, parameters only (write_file_atomically:
 // an interrupted save never destroys the old file). save_run adds the moments.
 void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
     int32_t header[HEADER_INTS];
-    sft_checkpoint_header(header, model);
+    checkpoint_header(header, model);
     const float *const arrays[1] = {model->params_memory};
     write_file_atomically(path, header, sizeof(header), arrays, 1, model->num_parameters);
 }
@@ -1948,8 +2274,19 @@ void gpt2_save_checkpoint(const GPT2 *model, const char *path) {
 // A model from scratch, for users without pretrained weights: GPT-2's
 // initialisation, N(0, 0.02) for matrices and embeddings, residual projections
 // scaled by 1/sqrt(2 L) so the residual stream's variance does not grow with
-// depth, LayerNorm weights 1, biases 0. Named by depth as llm.c does:
-// dN = N layers, N heads, 64 N channels (d12 = GPT-2 124M).
+// depth, LayerNorm weights 1, biases 0. Named by depth as llm.c does: dN =
+// N layers, with llm.c's widths where it names them (d6: 384 channels and 6
+// heads, d12: 768 and 12 = GPT-2 124M, d24: 1024 and 16 = 350M, d36: 1280
+// and 20 = 774M, d48: 1600 and 25 = 1558M), else 64 N channels in N heads.
+
+void depth_shape(int depth, int *channels, int *heads) {
+    switch (depth) {
+    case 24: *channels = 1024; *heads = 16; break;
+    case 36: *channels = 1280; *heads = 20; break;
+    case 48: *channels = 1600; *heads = 25; break;
+    default: *channels = 64 * depth; *heads = depth; break; // d6 and d12 among them
+    }
+}
 
 void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq_len, uint64_t seed) {
     memset(model, 0, sizeof(*model));
@@ -1959,8 +2296,7 @@ void gpt2_build_from_scratch(GPT2 *model, int depth, int num_labels, int max_seq
     cfg.vocab_size = 50257;
     cfg.padded_vocab_size = 50304;
     cfg.num_layers = depth;
-    cfg.num_heads = depth;
-    cfg.channels = 64 * depth;
+    depth_shape(depth, &cfg.channels, &cfg.num_heads);
     cfg.num_labels = num_labels;
     validate_config(&cfg, "--init");
     model->config = cfg;
@@ -2013,6 +2349,10 @@ void load_training_state(GPT2 *model, const char *checkpoint_path, const RunIden
     if (!checkpoint_parse_header(f.data, f.size, model->config.num_labels, &cfg, &has_head, &step, &has_moments,
                                  error, sizeof(error))) {
         fail("%s: %s", path, error);
+    }
+    if (has_head == is_language_model(&model->config)) {
+        fail("%s: saved by a %s run; this one trains a %s", path, has_head ? "classifier" : "language-model",
+             has_head ? "language model" : "classifier");
     }
     if (!has_moments) {
         fail("%s: no optimizer state to resume from (--save writes it into the checkpoint; an older version's PATH.state is not read)", path);
@@ -2647,6 +2987,8 @@ typedef struct {
     const char *train_path, *test_path, *save_path, *resume_path, *predict_path, *output_path;
     int num_labels;           // 0: from the training data
     int regression;           // --task regression: predict the star rating
+    int language_model;       // --task lm: pretrain on the next-token loss
+    int val_docs;             // --task lm: documents held out of the last --train set for validation
     int max_len;
     Truncation truncation;
     int batch_size, grad_accum, epochs, max_steps;
@@ -2662,30 +3004,39 @@ typedef struct {
 void print_usage(void) {
     printf(
         "usage: train_gpt2_sft [options]\n"
-        "Fine-tunes GPT-2 as a sequence classifier on a dataset made by prepro_imdb.py.\n\n"
+        "Fine-tunes GPT-2 as a sequence classifier on a dataset made by prepro_imdb.py,\n"
+        "or pretrains it as a language model on the datasets' texts (--task lm).\n\n"
         "model\n"
         "  -m, --model PATH        llm.c GPT-2 checkpoint or fine-tuned checkpoint [gpt2_124M.bin]\n"
-        "  --init dN               train from scratch: N layers, 64N channels (d12 = 124M shapes)\n"
+        "  --init dN               train from scratch: N layers of llm.c's widths for d6 (384 channels,\n"
+        "                          6 heads), d12 (768, 12: GPT-2 124M), d24 (1024, 16), d36 (1280, 20),\n"
+        "                          d48 (1600, 25); any other N: 64N channels, N heads\n"
         "  --num-labels K          classes for a new head [from the training data]\n"
-        "  --task classify|regression   regression predicts the star rating (MSE) [classify]\n"
+        "  --task classify|regression|lm   regression predicts the star rating (MSE); lm pretrains:\n"
+        "                          next-token loss over the text, output layer tied to wte,\n"
+        "                          result in llm.c's checkpoint format [classify]\n"
+
         "data\n"
-        "  --train PATH            training data [data/imdb/imdb_train.bin]\n"
-        "  --test PATH             evaluation data [data/imdb/imdb_test.bin]\n"
-        "  --max-len N             truncate to N tokens, at most the model's positions\n"
-        "                          [512, or the model's positions if fewer]\n"
+        "  --train PATH[,PATH...]  training data [data/imdb/imdb_train.bin; for lm\n"
+        "                          data/imdb/imdb_train.bin,data/imdb/imdb_unsup.bin: texts, labels unused]\n"
+        "  --test PATH             evaluation data [data/imdb/imdb_test.bin; not read by lm]\n"
+        "  --val-docs N            lm: the last N documents of the last --train set are held out\n"
+        "                          for the validation loss [1000]\n"
+        "  --max-len N             truncate to N tokens (lm: tokens per row), at most the model's\n"
+        "                          positions [512, or the model's positions if fewer]\n"
         "  --truncation head|tail|head+tail   which part of a long text to keep [head]\n"
         "training (Hugging Face Trainer defaults)\n"
-        "  --epochs N [3]   --max-steps N (overrides epochs) [0]\n"
+        "  --epochs N [3; lm 1]   --max-steps N (overrides epochs) [0]\n"
         "  --batch-size B [8]   --grad-accum N [1]\n"
-        "  --lr F [5e-5]   --warmup-steps N [0]   --warmup-ratio F [0]\n"
+        "  --lr F [5e-5; lm 6e-4]   --warmup-steps N [0]   --warmup-ratio F [0]\n"
         "  --weight-decay F [0]   --max-grad-norm F (0: off) [1]\n"
         "  --beta1 F [0.9]   --beta2 F [0.999]   --eps F [1e-8]   --seed N [1337]\n"
         "  --dropout P             drop probability at GPT-2's four dropout places while\n"
-        "                          training (0: off) [0.1, as GPT-2's Hugging Face config]\n"
+        "                          training (0: off) [0.1, as GPT-2's Hugging Face config; lm 0]\n"
         "output\n"
         "  --log-every N [10]   --eval-every N steps (0: only at the end) [0]\n"
         "  --log-digits N          decimals of the logged loss and gradient norm [4 and 3]\n"
-        "  --eval-examples N   examples for the periodic evaluations [1000]\n"
+        "  --eval-examples N   examples (lm: rows) for the periodic evaluations [1000]\n"
         "  --save PATH   --save-every N steps [0: only at the end]\n"
         "  --resume PATH           continue a run saved with --save PATH\n"
         "  --stop-at-step N        end this run after N updates, saving; the schedule still spans\n"
@@ -2718,15 +3069,16 @@ float parse_float(const char *flag, const char *value, double lo, double hi) {
 void parse_args(Args *a, int argc, char **argv) {
     memset(a, 0, sizeof(*a));
     a->model_path = "gpt2_124M.bin";
-    a->train_path = "data/imdb/imdb_train.bin";
+    a->train_path = NULL; // by task, set at the end
     a->test_path = "data/imdb/imdb_test.bin";
+    a->val_docs = 1000;
     a->max_len = 0; // 512, or the model's positions when fewer (set in main)
     a->truncation = TRUNCATE_HEAD;
-    a->batch_size = 8; a->grad_accum = 1; a->epochs = 3;
-    a->opt.learning_rate = 5e-5f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
+    a->batch_size = 8; a->grad_accum = 1; a->epochs = 0; // 0, -1: not given, set by task at the end
+    a->opt.learning_rate = -1.0f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
     a->opt.max_grad_norm = 1.0f;
     a->seed = 1337;
-    a->dropout = 0.1f;
+    a->dropout = -1.0f;
     a->log_every = 10; a->eval_examples = 1000;
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
@@ -2740,12 +3092,15 @@ void parse_args(Args *a, int argc, char **argv) {
         }
         else if (strcmp(flag, "--num-labels") == 0) { a->num_labels = (int)parse_long(flag, v, 2, 65536); }
         else if (strcmp(flag, "--task") == 0) {
-            if (strcmp(v, "classify") == 0) { a->regression = 0; }
-            else if (strcmp(v, "regression") == 0) { a->regression = 1; }
-            else { fail("--task: '%s' is not classify or regression", v); }
+            a->regression = strcmp(v, "regression") == 0;
+            a->language_model = strcmp(v, "lm") == 0;
+            if (!a->regression && !a->language_model && strcmp(v, "classify") != 0) {
+                fail("--task: '%s' is not classify, regression or lm", v);
+            }
         }
         else if (strcmp(flag, "--train") == 0) { a->train_path = v; }
         else if (strcmp(flag, "--test") == 0) { a->test_path = v; }
+        else if (strcmp(flag, "--val-docs") == 0) { a->val_docs = (int)parse_long(flag, v, 1, 100000000); }
         else if (strcmp(flag, "--max-len") == 0) { a->max_len = (int)parse_long(flag, v, 1, 1 << 20); }
         else if (strcmp(flag, "--truncation") == 0) {
             if (strcmp(v, "head") == 0) { a->truncation = TRUNCATE_HEAD; }
@@ -2780,6 +3135,12 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--stop-at-step") == 0) { a->stop_at_step = (int)parse_long(flag, v, 1, 100000000); }
         else { fail("unknown flag %s (see --help)", flag); }
     }
+    const int lm = a->language_model;
+    if (a->train_path == NULL) { a->train_path = lm ? "data/imdb/imdb_train.bin,data/imdb/imdb_unsup.bin" : "data/imdb/imdb_train.bin"; }
+    if (a->epochs == 0) { a->epochs = lm ? 1 : 3; }
+    if (a->opt.learning_rate < 0.0f) { a->opt.learning_rate = lm ? 6e-4f : 5e-5f; }
+    if (a->dropout < 0.0f) { a->dropout = lm ? 0.0f : 0.1f; }
+    if (lm && a->predict_path != NULL) { fail("--predict needs a classifier; a language model (--task lm) has no labels to predict"); }
     if (a->predict_path != NULL && a->output_path == NULL) { fail("--predict needs --output FILE"); }
     if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
 }
@@ -2820,7 +3181,7 @@ void write_predictions(GPT2 *model, const Dataset *d, const Args *args) {
             Batch inputs_only = batch; // no loss: the data may be unlabelled
             inputs_only.labels = NULL;
             inputs_only.targets = NULL;
-            gpt2_forward(model, &inputs_only, 1.0f, NULL);
+            gpt2_forward(model, &inputs_only, 0.0f, NULL);
             memcpy(logits + (size_t)(start - first) * K, model->logits, (size_t)count * K * sizeof(float));
         }
         dp_merge_disjoint(logits, (size_t)round * K * sizeof(float));
@@ -2880,7 +3241,7 @@ void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     if (dp_rank != 0) { return; } // rank 0 alone writes
     if (model->m_memory == NULL) { fail("save_run: no optimizer state before the first update"); }
     int32_t header[HEADER_INTS];
-    sft_checkpoint_header(header, model);
+    checkpoint_header(header, model);
     header[SFT_MOMENTS_SLOT] = 1;
     header[11] = run->total_steps; header[12] = run->batch_size; header[13] = run->grad_accum; header[14] = run->max_len;
     memcpy(header + 15, &run->dropout, 4);
@@ -2890,19 +3251,36 @@ void save_run(GPT2 *model, const char *path, const RunIdentity *run) {
     printf("saved %s (step %d)\n", path, model->step);
 }
 
-// The training loop: epochs of length-grouped batches, gradient accumulation,
-// clipping, AdamW with warmup and linear decay, periodic logs, evaluations
-// and checkpoints. Returns 1 when the run is complete, 0 when --stop-at-step
-// ended it early. Over MPI the data of a micro-step is a global batch of
-// dp_size x B examples, B on each rank (see the MPI section).
-int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *args) {
+// What the training loop draws batches from: the examples of a labelled
+// dataset (classification, regression), or the rows of a token stream (a
+// language model), and what it evaluates on.
+typedef struct {
+    const Dataset *train_set, *test_set;     // or NULL
+    const TokenStream *train_rows, *val_rows; // or NULL
+} TrainingData;
+
+void print_language_model_eval(const char *tag, int step, const LanguageModelEval *r) {
+    printf("%s step %d: rows %lld loss %.4f perplexity %.2f\n", tag, step, (long long)r->rows, r->loss, r->perplexity);
+}
+
+// The training loop: epochs of length-grouped batches (or shuffled rows),
+// gradient accumulation, clipping, AdamW with warmup and linear decay,
+// periodic logs, evaluations and checkpoints. Returns 1 when the run is
+// complete, 0 when --stop-at-step ended it early. Over MPI the data of a
+// micro-step is a global batch of dp_size x B examples, B on each rank (see
+// the MPI section).
+int train(GPT2 *model, const TrainingData *data, Args *args) {
     const int B = args->batch_size, accum = args->grad_accum;
+    const Dataset *train_set = data->train_set;
+    const TokenStream *rows = data->train_rows;
     if ((int64_t)B * dp_size > 1 << 30) { fail("%d ranks x --batch-size %d is too large a batch", dp_size, B); }
     const int global_B = B * dp_size;
-    const int64_t batches_per_epoch = train_set->num_examples / global_B;
+    const int64_t units = rows != NULL ? rows->num_rows : train_set->num_examples;
+    const char *unit_name = rows != NULL ? "rows" : "examples";
+    const int64_t batches_per_epoch = units / global_B;
     if (batches_per_epoch < accum) {
-        fail("%s: %lld examples make fewer than --grad-accum %d batches of %d", train_set->path,
-             (long long)train_set->num_examples, accum, global_B);
+        fail("%s: %lld %s make fewer than --grad-accum %d batches of %d", args->train_path,
+             (long long)units, unit_name, accum, global_B);
     }
     const int64_t steps_per_epoch = batches_per_epoch / accum;
     const int64_t planned = args->max_steps > 0 ? args->max_steps : steps_per_epoch * args->epochs;
@@ -2912,8 +3290,14 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     if (args->warmup_ratio > 0.0f && opt.warmup_steps == 0) { opt.warmup_steps = (int)ceil(args->warmup_ratio * planned); }
     RunIdentity run = {model->step, opt.total_steps, global_B, accum, args->max_len, args->dropout, args->seed};
     if (args->resume_path != NULL) { load_training_state(model, args->resume_path, &run, model->step); }
-    printf("training: %lld examples, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d, dropout %g\n",
-           (long long)train_set->num_examples, (long long)steps_per_epoch, opt.total_steps, B, accum,
+    if (rows != NULL) {
+        printf("language model: %lld documents, %lld tokens with an <|endoftext|> before each, in %lld rows of %d "
+               "(packed: no padding); validation: %lld rows\n", (long long)rows->num_docs,
+               (long long)rows->doc_start[rows->num_docs], (long long)rows->num_rows, rows->T,
+               (long long)data->val_rows->num_rows);
+    }
+    printf("training: %lld %s, %lld steps per epoch, %d steps, batch %d x %d accumulation, max-len %d, lr %g, warmup %d, dropout %g\n",
+           (long long)units, unit_name, (long long)steps_per_epoch, opt.total_steps, B, accum,
            args->max_len, opt.learning_rate, opt.warmup_steps, args->dropout);
     if (dp_size > 1) {
         printf("data parallel: %d ranks x batch %d = %d examples per micro-step, x %d accumulation = %d per update; "
@@ -2922,7 +3306,7 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
                model->num_parameters * 4.0 / 1e6);
     }
 
-    int64_t *order = (int64_t *)malloc_or_die((size_t)train_set->num_examples * sizeof(int64_t), "epoch order");
+    int64_t *order = (int64_t *)malloc_or_die((size_t)units * sizeof(int64_t), "epoch order");
     int64_t *share = (int64_t *)malloc_or_die((size_t)B * sizeof(int64_t), "batch share");
     int order_epoch = -1;
     Batch batch = batch_alloc(B, args->max_len);
@@ -2941,14 +3325,20 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             const int epoch = (int)(global / (steps_per_epoch * accum));
             const int64_t index = global % (steps_per_epoch * accum);
             if (epoch != order_epoch) {
-                epoch_order(order, train_set, global_B, args->max_len, args->seed, epoch);
+                if (rows != NULL) {
+                    uint64_t state = epoch_seed(args->seed, epoch);
+                    shuffled_indices(order, units, &state);
+                } else {
+                    epoch_order(order, train_set, global_B, args->max_len, args->seed, epoch);
+                }
                 order_epoch = epoch;
             }
             // this rank's share: examples dp_rank, dp_rank + N, ... of the global batch
             // (a batch is sorted by length: every rank gets long and short ones)
             for (int b = 0; b < B; b++) { share[b] = order[index * global_B + dp_rank + (int64_t)b * dp_size]; }
-            const long padding = fill_batch(&batch, train_set, share, B, args->max_len, args->truncation,
-                                            args->regression);
+            long padding = 0;
+            if (rows != NULL) { fill_rows(&batch, rows, share, B); }
+            else { padding = fill_batch(&batch, train_set, share, B, args->max_len, args->truncation, args->regression); }
             Dropout dropout = dropout_for_pass(args->dropout, args->seed, (uint64_t)global);
             dropout.first_example = dp_rank; // masks follow the example's place in the global batch
             dropout.example_stride = dp_size;
@@ -3004,11 +3394,16 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
             fflush(stdout);
             log_time = now; log_loss = 0.0; log_tokens = 0; log_positions = 0; log_padding = 0; log_batches = 0;
         }
-        if (args->eval_every > 0 && done % args->eval_every == 0 && done < end_step && test_set != NULL) {
-            EvalResult r = evaluate(model, test_set, args->eval_examples, B, args->max_len, args->truncation,
-                                    args->regression, args->seed);
-            print_eval("eval", done, &r);
-            free(r.confusion);
+        if (args->eval_every > 0 && done % args->eval_every == 0 && done < end_step) {
+            if (rows != NULL) {
+                const LanguageModelEval r = evaluate_language_model(model, data->val_rows, args->eval_examples, B);
+                print_language_model_eval("eval", done, &r);
+            } else {
+                EvalResult r = evaluate(model, data->test_set, args->eval_examples, B, args->max_len, args->truncation,
+                                        args->regression, args->seed);
+                print_eval("eval", done, &r);
+                free(r.confusion);
+            }
             fflush(stdout);
         }
         if (args->save_every > 0 && done % args->save_every == 0 && done < end_step) {
@@ -3026,6 +3421,156 @@ int train(GPT2 *model, const Dataset *train_set, const Dataset *test_set, Args *
     return model->step >= opt.total_steps;
 }
 
+// The model a run starts from: the run it resumes, a new one (--init), or a
+// checkpoint (-m). num_labels: the head wanted, 0 for a language model,
+// LABELS_OF_FILE for whatever the checkpoint has.
+void build_model(GPT2 *model, const Args *args, int num_labels) {
+    if (args->resume_path != NULL) {
+        gpt2_build_from_checkpoint(model, args->resume_path, num_labels, args->seed);
+        printf("resuming %s at step %d\n", args->resume_path, model->step);
+    } else if (args->init_depth > 0) {
+        gpt2_build_from_scratch(model, args->init_depth, num_labels, args->max_len > 1024 ? args->max_len : 1024, args->seed);
+        printf("model: new d%d from scratch\n", args->init_depth);
+    } else {
+        gpt2_build_from_checkpoint(model, args->model_path, num_labels, args->seed);
+        model->step = 0; // a new run with its own schedule; --resume continues a saved run
+        printf("model: %s\n", args->model_path);
+    }
+    const GPT2Config *cfg = &model->config;
+    printf("config: layers %d, heads %d, channels %d, positions %d, vocabulary %d, %s %d, parameters %.2fM\n",
+           cfg->num_layers, cfg->num_heads, cfg->channels, cfg->max_seq_len, cfg->vocab_size,
+           is_language_model(cfg) ? "language model, labels" : "labels", cfg->num_labels, model->num_parameters / 1e6);
+}
+
+// --max-len: 512 by default, or the model's positions when fewer.
+void settle_max_len(Args *args, const GPT2Config *cfg) {
+    if (args->max_len == 0) { args->max_len = cfg->max_seq_len < 512 ? cfg->max_seq_len : 512; }
+    if (args->max_len > cfg->max_seq_len) {
+        fail("--max-len %d exceeds the model's %d positions", args->max_len, cfg->max_seq_len);
+    }
+}
+
+void finish(GPT2 *model) {
+    gpt2_free(model);
+    gemm_workspace_release();
+}
+
+// --task lm: pretraining on the texts of the --train datasets, each checked
+// against the model's vocabulary. The last --val-docs documents of the last
+// set are the validation stream, the rest the training stream.
+int pretrain(Args *args) {
+    Dataset sets[MAX_STREAM_SETS];
+    const Dataset *set_list[MAX_STREAM_SETS];
+    char *paths = (char *)malloc_or_die(strlen(args->train_path) + 1, "--train paths");
+    strcpy(paths, args->train_path);
+    int num_sets = 0;
+    for (char *path = strtok(paths, ","); path != NULL; path = strtok(NULL, ",")) {
+        if (num_sets == MAX_STREAM_SETS) { fail("--train: at most %d datasets", MAX_STREAM_SETS); }
+        dataset_open(&sets[num_sets], path, 0);
+        set_list[num_sets] = &sets[num_sets];
+        num_sets++;
+    }
+    if (num_sets == 0) { fail("--train '%s' names no dataset", args->train_path); }
+    GPT2 model;
+    build_model(&model, args, 0);
+    settle_max_len(args, &model.config);
+    for (int k = 0; k < num_sets; k++) {
+        if (sets[k].vocab_size != model.config.vocab_size) {
+            fail("%s: tokenized for vocabulary size %d, the model has %d", sets[k].path, sets[k].vocab_size, model.config.vocab_size);
+        }
+    }
+    const Dataset *last = &sets[num_sets - 1];
+    if (args->val_docs >= last->num_examples) {
+        fail("--val-docs %d: %s has only %lld documents to hold them out of", args->val_docs, last->path, (long long)last->num_examples);
+    }
+    TokenStream train_rows, val_rows;
+    int64_t all_docs = 0;
+    for (int k = 0; k < num_sets; k++) { all_docs += sets[k].num_examples; }
+    token_stream_open(&train_rows, set_list, num_sets, 0, all_docs - args->val_docs, args->max_len);
+    token_stream_open(&val_rows, set_list, num_sets, all_docs - args->val_docs, args->val_docs, args->max_len);
+    if (args->save_path == NULL) { printf("note: no --save PATH, so the pretrained model is not kept\n"); }
+    if (args->save_path != NULL && dp_rank == 0) { check_save_path(args->save_path); }
+    const TrainingData data = {NULL, NULL, &train_rows, &val_rows};
+    if (train(&model, &data, args)) {
+        const LanguageModelEval r = evaluate_language_model(&model, &val_rows, 0, args->batch_size);
+        printf("final eval: rows %lld loss %.4f perplexity %.2f\n", (long long)r.rows, r.loss, r.perplexity);
+    } else {
+        printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
+    }
+    token_stream_free(&train_rows);
+    token_stream_free(&val_rows);
+    for (int k = 0; k < num_sets; k++) { dataset_close(&sets[k]); }
+    free(paths);
+    finish(&model);
+    return 0;
+}
+
+// --predict: the classifier's predictions for a dataset, in a CSV file.
+int predict(Args *args) {
+    GPT2 model;
+    build_model(&model, args, args->regression ? 1 : (args->num_labels ? args->num_labels : LABELS_OF_FILE));
+    settle_max_len(args, &model.config);
+    if (is_language_model(&model.config)) { fail("--predict needs a classifier"); }
+    if (args->regression && model.config.num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", model.config.num_labels); }
+    Dataset d;
+    dataset_open(&d, args->predict_path, model.config.vocab_size);
+    write_predictions(&model, &d, args);
+    dataset_close(&d);
+    finish(&model);
+    return 0;
+}
+
+// Fine-tuning (or training from scratch) a classifier or regressor on a
+// labelled dataset, then its evaluation on the test set.
+int fine_tune(Args *args) {
+    Dataset train_set, test_set;
+    dataset_open(&train_set, args->train_path, 0); // its vocabulary is checked against the model below
+    const int data_labels = train_set.num_labels;
+    if (!args->regression && data_labels < 2) {
+        fail("%s: the data has %d labels; classification needs labelled data", args->train_path, data_labels);
+    }
+    const int num_labels = args->regression ? 1 : (args->num_labels ? args->num_labels : data_labels);
+    if (!args->regression && num_labels < data_labels) {
+        fail("--num-labels %d is smaller than the %d labels of %s", num_labels, data_labels, args->train_path);
+    }
+    GPT2 model;
+    build_model(&model, args, num_labels);
+    const GPT2Config *cfg = &model.config;
+    settle_max_len(args, cfg);
+    if (args->regression && cfg->num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", cfg->num_labels); }
+    dataset_open(&test_set, args->test_path, cfg->vocab_size);
+    if (!args->regression && (test_set.num_labels < 1 || test_set.num_labels > cfg->num_labels)) {
+        fail("%s: the data has %d labels; evaluating needs labels 0..%d of the model", args->test_path,
+             test_set.num_labels, cfg->num_labels - 1);
+    }
+    if (train_set.vocab_size != cfg->vocab_size) {
+        fail("%s: tokenized for vocabulary size %d, the model has %d", args->train_path, train_set.vocab_size, cfg->vocab_size);
+    }
+    if (args->regression) {
+        const Dataset *sets[2] = {&train_set, &test_set};
+        for (int i = 0; i < 2; i++) {
+            const int64_t unrated = first_unrated_example(sets[i]);
+            if (unrated >= 0) {
+                fail("%s: example %lld has no star rating; --task regression needs rated examples", sets[i]->path, (long long)unrated);
+            }
+        }
+    }
+    if (args->save_path != NULL && dp_rank == 0) { check_save_path(args->save_path); }
+    const TrainingData data = {&train_set, &test_set, NULL, NULL};
+    if (train(&model, &data, args)) {
+        EvalResult r = evaluate(&model, &test_set, 0, args->batch_size, args->max_len, args->truncation, args->regression, args->seed);
+        print_eval_details(&r);
+        printf("final eval: examples %lld loss %.4f accuracy %.4f\n", (long long)r.examples, r.loss, r.accuracy);
+        free(r.confusion);
+    } else {
+        printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
+    }
+    dataset_close(&train_set);
+    dataset_close(&test_set);
+    finish(&model);
+    return 0;
+}
+
 #ifndef TESTING
 int main(int argc, char **argv) {
     dp_init(&argc, &argv);
@@ -3038,86 +3583,8 @@ int main(int argc, char **argv) {
     if (args.threads > 1) { fprintf(stderr, "warning: built without OpenMP; --threads ignored\n"); }
 #endif
     printf("matmul kernel: %s, tile %dx%d\n", GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR);
-    Dataset train_set, test_set;
-    const int training = args.predict_path == NULL;
-    int data_labels = 0;
-    if (training) {
-        dataset_open(&train_set, args.train_path, 0); // its vocabulary is checked against the model below
-        data_labels = train_set.num_labels;
-        if (!args.regression && data_labels < 2) {
-            fail("%s: the data has %d labels; classification needs labelled data", args.train_path, data_labels);
-        }
-    }
-    const int num_labels = args.regression ? 1 : (args.num_labels ? args.num_labels : data_labels);
-    if (training && !args.regression && num_labels < data_labels) {
-        fail("--num-labels %d is smaller than the %d labels of %s", num_labels, data_labels, args.train_path);
-    }
-
-    GPT2 model;
-    if (args.resume_path != NULL) {
-        gpt2_build_from_checkpoint(&model, args.resume_path, num_labels, args.seed);
-        printf("resuming %s at step %d\n", args.resume_path, model.step);
-    } else if (args.init_depth > 0) {
-        gpt2_build_from_scratch(&model, args.init_depth, num_labels, args.max_len > 1024 ? args.max_len : 1024, args.seed);
-        printf("model: new d%d from scratch\n", args.init_depth);
-    } else {
-        gpt2_build_from_checkpoint(&model, args.model_path, num_labels, args.seed);
-        model.step = 0; // a new run with its own schedule; --resume continues a saved run
-        printf("model: %s\n", args.model_path);
-    }
-    const GPT2Config *cfg = &model.config;
-    printf("config: layers %d, heads %d, channels %d, positions %d, vocabulary %d, labels %d, parameters %.2fM\n",
-           cfg->num_layers, cfg->num_heads, cfg->channels, cfg->max_seq_len, cfg->vocab_size, cfg->num_labels,
-           model.num_parameters / 1e6);
-    if (args.max_len == 0) { args.max_len = cfg->max_seq_len < 512 ? cfg->max_seq_len : 512; }
-    if (args.max_len > cfg->max_seq_len) {
-        fail("--max-len %d exceeds the model's %d positions", args.max_len, cfg->max_seq_len);
-    }
-    if (args.regression && cfg->num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", cfg->num_labels); }
-
-    if (!training) {
-        Dataset d;
-        dataset_open(&d, args.predict_path, cfg->vocab_size);
-        write_predictions(&model, &d, &args);
-        dataset_close(&d);
-        gpt2_free(&model);
-        gemm_workspace_release();
-        return 0;
-    }
-    dataset_open(&test_set, args.test_path, cfg->vocab_size);
-    if (!args.regression && (test_set.num_labels < 1 || test_set.num_labels > cfg->num_labels)) {
-        fail("%s: the data has %d labels; evaluating needs labels 0..%d of the model", args.test_path,
-             test_set.num_labels, cfg->num_labels - 1);
-    }
-    if (train_set.vocab_size != cfg->vocab_size) {
-        fail("%s: tokenized for vocabulary size %d, the model has %d", args.train_path, train_set.vocab_size, cfg->vocab_size);
-    }
-    if (args.regression) {
-        const Dataset *sets[2] = {&train_set, &test_set};
-        for (int i = 0; i < 2; i++) {
-            const int64_t unrated = first_unrated_example(sets[i]);
-            if (unrated >= 0) {
-                fail("%s: example %lld has no star rating; --task regression needs rated examples", sets[i]->path, (long long)unrated);
-            }
-        }
-    }
-    if (args.save_path != NULL && dp_rank == 0) { check_save_path(args.save_path); }
-    if (!train(&model, &train_set, &test_set, &args)) {
-        printf("stopped at step %d as asked (--stop-at-step); continue with --resume\n", model.step);
-        dataset_close(&train_set);
-        dataset_close(&test_set);
-        gpt2_free(&model);
-        gemm_workspace_release();
-        return 0;
-    }
-    EvalResult r = evaluate(&model, &test_set, 0, args.batch_size, args.max_len, args.truncation, args.regression, args.seed);
-    print_eval_details(&r);
-    printf("final eval: examples %lld loss %.4f accuracy %.4f\n", (long long)r.examples, r.loss, r.accuracy);
-    free(r.confusion);
-    dataset_close(&train_set);
-    dataset_close(&test_set);
-    gpt2_free(&model);
-    gemm_workspace_release();
-    return 0;
+    if (args.language_model) { return pretrain(&args); }
+    if (args.predict_path != NULL) { return predict(&args); }
+    return fine_tune(&args);
 }
 #endif

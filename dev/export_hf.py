@@ -1,40 +1,63 @@
 #!/usr/bin/env python3
 """
-Export a train_gpt2_sft checkpoint as a Hugging Face GPT2ForSequenceClassification folder.
+Export a checkpoint of this project as a Hugging Face folder: GPT2LMHeadModel
+(a language model) or GPT2ForSequenceClassification (a classifier).
 
-    python3 dev/export_hf.py CKPT OUT_DIR [--label-names neg,pos] [--num-labels K]
+    python3 dev/export_hf.py CKPT OUT_DIR [--arch lm|classifier]
+                             [--label-names neg,pos] [--num-labels K]
                              [--vocab-dir DIR | --no-tokenizer]
 
-CKPT is a fine-tuned (SFT) checkpoint written by `train_gpt2_sft --save`
-(dev/FORMATS.md section 2; the AdamW moments it holds are not exported), or an
-llm.c GPT-2 checkpoint (section 1), which has
-no classifier head: then `score.weight` is not written, and Hugging Face
-initialises a random head of --num-labels outputs (default 2) when it loads it.
+CKPT is one of
+  - an llm.c GPT-2 checkpoint (dev/FORMATS.md section 1), which has no
+    classifier head: llm.c's own files, `train_gpt2_sft --task lm --save`
+    (header[9] = the step; header[10] = 1: the AdamW moments m and v follow
+    the parameters) and dev/import_hf.py's llm.c output;
+  - a fine-tuned (SFT) checkpoint (section 2), with its head `score`.
+The AdamW moments a --save file holds are never exported; header[10] must be
+0 or 1 and the file size exactly what the header describes (1024 + 4 n, or
+1024 + 12 n with the moments), else the file is refused.
+
+--arch picks the Hugging Face class; the default follows the checkpoint:
+  lm          (default for an llm.c checkpoint) GPT2LMHeadModel. The output
+              layer is tied to wte, as in llm.c: config.json has
+              "tie_word_embeddings": true and lm_head.weight is not written,
+              as Hugging Face's save_pretrained does with tied weights (a
+              safetensors file cannot hold two names for one tensor);
+              from_pretrained ties lm_head.weight to transformer.wte.weight
+              when it loads the folder. A fine-tuned checkpoint exported with
+              --arch lm leaves its classifier head out.
+  classifier  (default for a fine-tuned checkpoint) GPT2ForSequenceClassification
+              with num_labels, id2label/label2id, pad_token_id 50256 and
+              problem_type. From an llm.c checkpoint, which has no head,
+              score.weight is not written and Hugging Face initialises a
+              random head of --num-labels outputs (default 2) when it loads it.
+--num-labels and --label-names apply to --arch classifier only.
 
 OUT_DIR receives:
-  config.json         GPT2Config of GPT2ForSequenceClassification (GPT-2 defaults,
-                      num_labels, id2label/label2id, pad_token_id 50256, problem_type)
+  config.json         GPT2Config of the class (GPT-2 defaults except the sizes)
   model.safetensors   float32 tensors with the Hugging Face names:
                       transformer.wte.weight (vocab_size, C)  (llm.c's padding rows dropped)
                       transformer.wpe.weight, transformer.h.{i}.{ln_1,attn.c_attn,attn.c_proj,
                       ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}, transformer.ln_f.{weight,bias},
-                      score.weight (K, C)
+                      and for a fine-tuned classifier score.weight (K, C)
                       Conv1D weights (c_attn, c_proj, c_fc) are stored (in, out), i.e.
-                      transposed from llm.c's (out, in).
+                      transposed from llm.c's (out, in). The metadata records the class,
+                      the checkpoint's kind and its step.
   vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json
                       the GPT-2 tokenizer (copies of encoder.json / vocab.bpe), when the
                       tokenizer files are found (--vocab-dir, else ../shared/gpt2); skipped
                       with --no-tokenizer
 
-Label names: --label-names, else CKPT.labels.json if present (the format
-prepro_imdb.py writes beside a dataset: {"labels": [...]}; copy it next to the
-checkpoint), else Hugging Face's default LABEL_0, LABEL_1, ...
+Label names (classifier): --label-names, else CKPT.labels.json if present (the
+format prepro_imdb.py writes beside a dataset: {"labels": [...]}; copy it next
+to the checkpoint), else Hugging Face's default LABEL_0, LABEL_1, ...
 
-Pooling caveat: this project pools each text at its true last token. Hugging
-Face pools at a position found from pad_token_id (= <|endoftext|> = 50256 for
-GPT-2): the token before the first 50256 (transformers < 4.49) or the last
-token that is not 50256 (>= 4.49). Both agree with this project for
-right-padded input whose texts contain no 50256 (see the README).
+Pooling caveat (classifier): this project pools each text at its true last
+token. Hugging Face pools at a position found from pad_token_id (=
+<|endoftext|> = 50256 for GPT-2): the token before the first 50256
+(transformers < 4.49) or the last token that is not 50256 (>= 4.49). Both
+agree with this project for right-padded input whose texts contain no 50256
+(see the README).
 
 Standard library only: the checkpoint is streamed tensor by tensor, so even the
 124M model needs little memory.
@@ -81,7 +104,10 @@ def read_header(path):
 
     Returns a dict: kind ("sft" or "llmc"), max_seq_len, vocab_size, num_layers,
     num_heads, channels, padded_vocab_size, num_labels (None for llm.c), step,
+    moments (whether the AdamW moments follow the parameters: header[10] = 1),
     shapes (list of (name, shape) in file order, with score for SFT files).
+    Both kinds keep the step in header[9] and the moments flag in header[10]
+    (0 in llm.c's own files).
     """
     if not os.path.isfile(path):
         raise ExportError(f"{path}: no such file")
@@ -94,17 +120,20 @@ def read_header(path):
     if magic == SFT_MAGIC:
         if version != SFT_VERSION:
             raise ExportError(f"{path}: fine-tuned checkpoint version {version}, expected {SFT_VERSION}")
-        kind, num_labels, step, moments = "sft", h[8], h[9], h[10]
+        kind, num_labels = "sft", h[8]
         if num_labels < 1:
             raise ExportError(f"{path}: invalid num_labels {num_labels} in the header")
-        if moments not in (0, 1):
-            raise ExportError(f"{path}: header[10] is {moments}, not 0 or 1 (whether the AdamW moments follow)")
     elif magic == LLMC_MAGIC:
         if version != LLMC_VERSION:
             raise ExportError(f"{path}: llm.c checkpoint version {version}, expected {LLMC_VERSION} (float32)")
-        kind, num_labels, step, moments = "llmc", None, 0, 0
+        kind, num_labels = "llmc", None
     else:
         raise ExportError(f"{path}: bad magic {magic} (expected {SFT_MAGIC} fine-tuned or {LLMC_MAGIC} llm.c)")
+    step, moments = h[9], h[10]
+    if moments not in (0, 1):
+        raise ExportError(f"{path}: header[10] is {moments}, not 0 or 1 (whether the AdamW moments follow)")
+    if step < 0:
+        raise ExportError(f"{path}: negative step count {step} in header[9]")
     maxT, V, L, H, C, Vp = h[2:8]
     if min(maxT, V, L, H, C) <= 0 or C % H != 0 or Vp < V:
         raise ExportError(f"{path}: inconsistent header (maxT {maxT}, V {V}, L {L}, H {H}, C {C}, Vp {Vp})")
@@ -118,11 +147,12 @@ def read_header(path):
     total = sum(_numel(s) for _, s in shapes)
     expected = HEADER_BYTES + 4 * total * (3 if moments else 1)   # a --save file: parameters, then m and v
     if size != expected:
-        raise ExportError(f"{path}: {size} bytes, expected {expected} for its header "
-                          f"(L {L}, H {H}, C {C}, maxT {maxT}, Vp {Vp}, labels {num_labels})")
+        what = "parameters and AdamW moments, header[10] = 1" if moments else "parameters only, header[10] = 0"
+        raise ExportError(f"{path}: {size} bytes, expected {expected} for its header ({what}; "
+                          f"L {L}, H {H}, C {C}, maxT {maxT}, Vp {Vp}, labels {num_labels}): truncated or corrupt")
     return {"kind": kind, "max_seq_len": maxT, "vocab_size": V, "num_layers": L, "num_heads": H,
             "channels": C, "padded_vocab_size": Vp, "num_labels": num_labels, "step": step,
-            "shapes": shapes}
+            "moments": bool(moments), "shapes": shapes}
 
 
 def _numel(shape):
@@ -171,8 +201,9 @@ def le_bytes(a):
 # ----------------------------------------------------------------------------
 # the Hugging Face layout
 
-def hf_plan(hdr):
-    """[(hf_name, hf_shape, reader)] in file order; reader(f) -> array('f') in HF layout."""
+def hf_plan(hdr, with_score=True):
+    """[(hf_name, hf_shape, reader)] in file order; reader(f) -> array('f') in HF layout.
+    score.weight is included when the checkpoint has a head and with_score is true."""
     L, C, V = hdr["num_layers"], hdr["channels"], hdr["vocab_size"]
     off = tensor_offsets(hdr)
     plan = []
@@ -200,7 +231,7 @@ def hf_plan(hdr):
             plan.append((f"transformer.h.{i}.{suffix}", shape, layer(name, i, transposed)))
     plan.append(("transformer.ln_f.weight", [C], whole("lnfw")))
     plan.append(("transformer.ln_f.bias", [C], whole("lnfb")))
-    if hdr["num_labels"] is not None:
+    if with_score and hdr["num_labels"] is not None:
         plan.append(("score.weight", [hdr["num_labels"], C], whole("score")))
     return plan
 
@@ -271,10 +302,14 @@ def read_labels_json(path):
     return obj
 
 
-def make_config(hdr, num_labels, names):
-    """config.json of GPT2ForSequenceClassification; GPT-2's defaults except the sizes and labels."""
-    return {
-        "architectures": ["GPT2ForSequenceClassification"],
+ARCH_CLASS = {"lm": "GPT2LMHeadModel", "classifier": "GPT2ForSequenceClassification"}
+
+
+def make_config(hdr, num_labels=None, names=None, arch="classifier"):
+    """config.json of GPT2ForSequenceClassification (arch "classifier") or GPT2LMHeadModel
+    (arch "lm": output layer tied to wte); GPT-2's defaults except the sizes and labels."""
+    conf = {
+        "architectures": [ARCH_CLASS[arch]],
         "model_type": "gpt2",
         "activation_function": "gelu_new",
         "n_layer": hdr["num_layers"],
@@ -300,13 +335,19 @@ def make_config(hdr, num_labels, names):
         "use_cache": True,
         "bos_token_id": EOT_ID,
         "eos_token_id": EOT_ID,
-        "pad_token_id": EOT_ID,
-        "num_labels": num_labels,
-        "id2label": {str(i): n for i, n in enumerate(names)},
-        "label2id": {n: i for i, n in enumerate(names)},
-        "problem_type": "regression" if num_labels == 1 else "single_label_classification",
-        "torch_dtype": "float32",
     }
+    if arch == "lm":
+        conf["tie_word_embeddings"] = True    # lm_head.weight is transformer.wte.weight
+    else:
+        conf.update({
+            "pad_token_id": EOT_ID,
+            "num_labels": num_labels,
+            "id2label": {str(i): n for i, n in enumerate(names)},
+            "label2id": {n: i for i, n in enumerate(names)},
+            "problem_type": "regression" if num_labels == 1 else "single_label_classification",
+        })
+    conf["torch_dtype"] = "float32"
+    return conf
 
 
 def write_json(path, obj):
@@ -333,11 +374,29 @@ def copy_tokenizer(vocab_dir, out_dir, max_len):
 
 # ----------------------------------------------------------------------------
 
-def export(ckpt, out_dir, label_names=None, num_labels=None, vocab_dir=None, tokenizer=True, quiet=False):
-    """Export ckpt to out_dir. Returns a summary dict."""
+def export(ckpt, out_dir, label_names=None, num_labels=None, vocab_dir=None, tokenizer=True, quiet=False,
+           arch=None):
+    """Export ckpt to out_dir as arch "lm" (GPT2LMHeadModel) or "classifier"
+    (GPT2ForSequenceClassification); None: "classifier" for a fine-tuned checkpoint,
+    "lm" for an llm.c one. Returns a summary dict."""
     hdr = read_header(ckpt)
     say = (lambda *a: None) if quiet else print
-    if hdr["kind"] == "sft":
+    if arch is None:
+        arch = "classifier" if hdr["kind"] == "sft" else "lm"
+    if arch not in ARCH_CLASS:
+        raise ExportError(f"--arch {arch}: expected lm or classifier")
+    if hdr["moments"]:
+        say(f"note: {ckpt} holds the AdamW moments of step {hdr['step']} (a --save file); they are not exported")
+    K, names, names_from = None, [], None
+    if arch == "lm":
+        given = [flag for flag, v in (("--num-labels", num_labels), ("--label-names", label_names)) if v is not None]
+        if given:
+            raise ExportError(f"{' and '.join(given)}: only with --arch classifier ({ckpt} exports as "
+                              f"GPT2LMHeadModel{'' if hdr['kind'] == 'sft' else ' by default'})")
+        if hdr["kind"] == "sft":
+            say(f"note: {ckpt} is a fine-tuned checkpoint: its classifier head ({hdr['num_labels']} outputs) "
+                f"is not exported with --arch lm")
+    elif hdr["kind"] == "sft":
         if num_labels is not None and num_labels != hdr["num_labels"]:
             raise ExportError(f"{ckpt}: the checkpoint has {hdr['num_labels']} labels, --num-labels says {num_labels}")
         K = hdr["num_labels"]
@@ -347,14 +406,15 @@ def export(ckpt, out_dir, label_names=None, num_labels=None, vocab_dir=None, tok
             raise ExportError("--num-labels must be at least 1")
         say(f"note: {ckpt} is an llm.c checkpoint without a classifier head: score.weight is not "
             f"written, and Hugging Face will initialise a random head of {K} outputs when loading it")
-    names, names_from = label_names_for(ckpt, K, label_names)
+    if arch == "classifier":
+        names, names_from = label_names_for(ckpt, K, label_names)
     os.makedirs(out_dir, exist_ok=True)
-    plan = hf_plan(hdr)
-    metadata = {"format": "pt", "source": "train_gpt2_sft",
+    plan = hf_plan(hdr, with_score=arch == "classifier")
+    metadata = {"format": "pt", "source": "train_gpt2_sft", "architecture": ARCH_CLASS[arch],
                 "checkpoint_kind": hdr["kind"], "step": str(hdr["step"])}
     st_path = os.path.join(out_dir, "model.safetensors")
     nbytes = write_safetensors(ckpt, st_path, plan, metadata)
-    write_json(os.path.join(out_dir, "config.json"), make_config(hdr, K, names))
+    write_json(os.path.join(out_dir, "config.json"), make_config(hdr, K, names, arch))
     tok = False
     if tokenizer:
         vd = vocab_dir or DEFAULT_VOCAB_DIR
@@ -366,28 +426,40 @@ def export(ckpt, out_dir, label_names=None, num_labels=None, vocab_dir=None, tok
             say(f"note: {msg}; tokenizer files not written (use --vocab-dir)")
     say(f"wrote {out_dir}: config.json, model.safetensors ({len(plan)} tensors, {nbytes / 1e6:.1f} MB)"
         f"{', tokenizer files' if tok else ''}")
-    say(f"  GPT2ForSequenceClassification: n_layer {hdr['num_layers']}, n_head {hdr['num_heads']}, "
-        f"n_embd {hdr['channels']}, n_positions {hdr['max_seq_len']}, vocab {hdr['vocab_size']}, "
-        f"num_labels {K} ({', '.join(names)}; from {names_from}), step {hdr['step']}")
-    return {"header": hdr, "num_labels": K, "names": names, "tensors": len(plan), "tokenizer": tok}
+    sizes = (f"n_layer {hdr['num_layers']}, n_head {hdr['num_heads']}, n_embd {hdr['channels']}, "
+             f"n_positions {hdr['max_seq_len']}, vocab {hdr['vocab_size']}")
+    if arch == "lm":
+        say(f"  GPT2LMHeadModel: {sizes}, output layer tied to wte (lm_head.weight not stored), step {hdr['step']}")
+    else:
+        say(f"  GPT2ForSequenceClassification: {sizes}, num_labels {K} ({', '.join(names)}; from {names_from}), "
+            f"step {hdr['step']}")
+    return {"header": hdr, "arch": arch, "num_labels": K, "names": names, "tensors": len(plan), "tokenizer": tok}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Export a train_gpt2_sft checkpoint as a Hugging Face "
-                                             "GPT2ForSequenceClassification folder (standard library only).")
-    ap.add_argument("ckpt", help="fine-tuned checkpoint (train_gpt2_sft --save), or an llm.c checkpoint")
+    ap = argparse.ArgumentParser(
+        description="Export a train_gpt2_sft or llm.c checkpoint as a Hugging Face GPT2LMHeadModel or "
+                    "GPT2ForSequenceClassification folder (standard library only).",
+        epilog="Default --arch: classifier for a fine-tuned checkpoint, lm for an llm.c checkpoint "
+               "(with or without the AdamW moments of a --save file, which are not exported).")
+    ap.add_argument("ckpt", help="llm.c checkpoint (llm.c, train_gpt2_sft --task lm --save, import_hf.py), "
+                    "or fine-tuned checkpoint (train_gpt2_sft --save)")
     ap.add_argument("out_dir", help="output folder (created if needed)")
-    ap.add_argument("--label-names", help="comma-separated class names, e.g. neg,pos "
+    ap.add_argument("--arch", choices=("lm", "classifier"), default=None,
+                    help="lm: GPT2LMHeadModel, output layer tied to wte (lm_head.weight not stored); "
+                         "classifier: GPT2ForSequenceClassification (default: classifier for a fine-tuned "
+                         "checkpoint, lm for an llm.c one)")
+    ap.add_argument("--label-names", help="--arch classifier: comma-separated class names, e.g. neg,pos "
                     "(default: CKPT.labels.json, else LABEL_0, LABEL_1, ...)")
     ap.add_argument("--num-labels", type=int, default=None,
-                    help="head size for an llm.c checkpoint, which has none (default 2)")
+                    help="--arch classifier: head size for an llm.c checkpoint, which has none (default 2)")
     ap.add_argument("--vocab-dir", help="folder with encoder.json and vocab.bpe to copy as the "
                     f"tokenizer (default {DEFAULT_VOCAB_DIR} if present)")
     ap.add_argument("--no-tokenizer", action="store_true", help="do not write tokenizer files")
     args = ap.parse_args(argv)
     try:
         export(args.ckpt, args.out_dir, args.label_names, args.num_labels, args.vocab_dir,
-               not args.no_tokenizer)
+               not args.no_tokenizer, arch=args.arch)
     except (ExportError, OSError) as e:
         print(f"export_hf: error: {e}", file=sys.stderr)
         return 1

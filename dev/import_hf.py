@@ -6,18 +6,27 @@ Convert a Hugging Face GPT-2 checkpoint into the checkpoint train_gpt2_sft reads
 
 --input is a folder holding model.safetensors (preferred) or
 pytorch_model.bin and usually config.json, or one of those files. The output
-is llm.c's GPT-2 checkpoint (dev/FORMATS.md section 1), or, when the input
-has a classifier head `score.weight` (GPT2ForSequenceClassification, e.g. a
-folder written by dev/export_hf.py), the fine-tuned format (section 2).
+is llm.c's GPT-2 checkpoint (dev/FORMATS.md section 1) for any Hugging Face
+GPT-2 without a classifier head: GPT2LMHeadModel (e.g. openai-community/gpt2,
+or a folder written by dev/export_hf.py --arch lm), GPT2Model, or a
+GPT2ForSequenceClassification without score.weight. When the input has a
+classifier head `score.weight` (GPT2ForSequenceClassification, e.g. a folder
+written by dev/export_hf.py --arch classifier), the output is the fine-tuned
+format (section 2).
 
 Hugging Face names map to llm.c's: an optional "transformer." prefix is
 dropped; wte is padded with zero rows to a multiple of 128 tokens; the Conv1D
 weights (c_attn, c_proj, c_fc), stored (in, out), are transposed to llm.c's
 (out, in); the h.{i}.* tensors are stacked over layers. The attention-mask
 buffers attn.bias and attn.masked_bias (some exports write them as BOOL or
-U8) and the tied lm_head.weight are dropped without being read. A
-safetensors file exported by dev/export_hf.py records the fine-tuned step in
-its metadata; it is restored into header[9].
+U8) are dropped without being read. llm.c's output layer is wte itself
+(tied), so lm_head.weight, which Hugging Face usually leaves out of a tied
+model's model.safetensors, is not stored either; when the file has one it
+must equal wte.weight, else the import is refused (an untied output layer
+cannot be held). A safetensors file exported by dev/export_hf.py records the
+step in its metadata; for the fine-tuned format it is restored into
+header[9]. The llm.c output has llm.c's header (slots 8 and up zero: no
+step, no AdamW moments).
 
 model.safetensors needs only the standard library (F32, F16 and BF16 tensors,
 one tensor in memory at a time). pytorch_model.bin is a pickle that only
@@ -40,7 +49,7 @@ from export_hf import (HEADER_INTS, LAYER_TENSORS, LLMC_MAGIC, LLMC_VERSION, SFT
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 DROPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
-DROPPED_NAMES = ("lm_head.weight",)                      # tied to wte
+LM_HEAD = "lm_head.weight"                               # tied to wte: checked equal, not stored
 
 
 class HFImportError(Exception):
@@ -55,7 +64,7 @@ def _numel(shape):
 
 
 def _dropped(name):
-    return name.endswith(DROPPED_SUFFIXES) or name in DROPPED_NAMES
+    return name.endswith(DROPPED_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------
@@ -218,6 +227,9 @@ def import_hf(input_path, out_path, n_head=None):
         raise HFImportError(f"{file_path}: score.bias present; the head must have no bias")
     K = shape_of("score.weight")[0] if "score.weight" in tensors else None
     Vp = (V + 127) // 128 * 128
+    if LM_HEAD in tensors and shape_of(LM_HEAD) != [V, C]:
+        raise HFImportError(f"{file_path}: tensor {LM_HEAD} has shape {shape_of(LM_HEAD)}, expected {[V, C]} "
+                            f"(the output layer tied to wte.weight)")
 
     # every tensor the output needs, with its Hugging Face shape, in llm.c's order
     layer_shapes = {"ln_1.weight": [C], "ln_1.bias": [C], "attn.c_attn.weight": [C, 3 * C],
@@ -245,6 +257,9 @@ def import_hf(input_path, out_path, n_head=None):
             f.write(header)
             for name, shape, transposed in plan:
                 values = tensors[name][1]()
+                if name == "wte.weight" and LM_HEAD in tensors and tensors[LM_HEAD][1]().tobytes() != values.tobytes():
+                    raise HFImportError(f"{file_path}: {LM_HEAD} differs from wte.weight: the output layer is not "
+                                        f"tied to the token embeddings, which llm.c's checkpoint format cannot hold")
                 if transposed:  # HF Conv1D (in, out) -> llm.c (out, in)
                     values = transpose(values, shape[0], shape[1])
                 f.write(le_bytes(values))

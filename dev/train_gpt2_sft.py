@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """
-PyTorch reference for train_gpt2_sft.c: GPT-2 fine-tuned as a sequence classifier.
+PyTorch reference for train_gpt2_sft.c: GPT-2 fine-tuned as a sequence classifier
+or as a language model.
 
-The model is mathematically the Hugging Face GPT2ForSequenceClassification:
+The classifier is mathematically the Hugging Face GPT2ForSequenceClassification:
 GPT-2 trunk, final LayerNorm, the hidden state of the last real token of every
-sequence, and a bias-free linear head `score` (num_labels, C). Dropout is off
+sequence, and a bias-free linear head `score` (num_labels, C). The language
+model (num_labels 0) is HF's GPT2LMHeadModel: logits at every position from the
+output layer tied to wte, next-token cross-entropy over the real positions
+(labels -100 at the padding). Dropout is off
 unless asked for; when on, it sits at HF's four places but draws its masks from
 the counter-based hash of FORMATS.md section 5, so that the C code can compute
 the very same masks.
@@ -12,7 +16,7 @@ Training uses torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ and the linear
 warmup/decay schedule of HF's get_linear_schedule_with_warmup.
 
 All binary formats are described in dev/FORMATS.md:
-  section 1  llm.c GPT-2 checkpoint (magic 20240326, version 3)
+  section 1  llm.c GPT-2 checkpoint (magic 20240326, version 3; AdamW moments may follow)
   section 2  fine-tuned (SFT) checkpoint (magic 20261128, version 1)
   section 3  tokenized dataset (magic 20261127, version 1), read only
   section 4  debug state for test_sft.c (magic 20261129, version 2)
@@ -21,6 +25,7 @@ All binary formats are described in dev/FORMATS.md:
 Subcommands (run with -h for the options of each):
   random        write a randomly initialised llm.c checkpoint
   debug-state   write the reference forward/backward/AdamW trace for test_sft.c
+                (--num-labels 0: the language model)
   test-inputs   generate every file the C test needs (skips existing files)
   selftest      check the HF round trip and the model against an independent
                 implementation; prints PASS/FAIL
@@ -134,7 +139,8 @@ def padded_vocab(v):
 
 
 def param_shapes(cfg, num_labels=None):
-    """[(name, shape)] in file order; with num_labels the head `score` is appended."""
+    """[(name, shape)] in file order; with num_labels >= 1 the head `score` is appended
+    (None or 0, the language model, has no head)."""
     Vp, maxT, L, C = cfg.padded_vocab_size, cfg.max_seq_len, cfg.num_layers, cfg.channels
     shapes = {
         "wte": (Vp, C), "wpe": (maxT, C),
@@ -147,7 +153,7 @@ def param_shapes(cfg, num_labels=None):
         "lnfw": (C,), "lnfb": (C,),
     }
     out = [(n, shapes[n]) for n in PARAM_NAMES]
-    if num_labels is not None:
+    if num_labels:
         out.append(("score", (num_labels, C)))
     return out
 
@@ -224,6 +230,8 @@ def read_checkpoint(path):
 
     Returns (cfg, params, score): params maps the 16 names to float32 tensors;
     score is the (K, C) float32 head for SFT files and None for llm.c files.
+    In both formats header[10] = 1 means the AdamW moments m and v follow the
+    parameters (not read here); header[9] (the step) is not used.
     """
     if not os.path.isfile(path):
         raise SFTError(f"{path}: no such file")
@@ -235,25 +243,26 @@ def read_checkpoint(path):
     if magic == LLMC_MAGIC:
         if version != LLMC_VERSION:
             raise SFTError(f"{path}: llm.c checkpoint version {version}, expected {LLMC_VERSION} (float32)")
-        num_labels, copies = None, 1
+        num_labels = None
     elif magic == SFT_MAGIC:
         if version != SFT_VERSION:
             raise SFTError(f"{path}: SFT checkpoint version {version}, expected {SFT_VERSION}")
         num_labels = int(header[8])
         if num_labels < 1:
             raise SFTError(f"{path}: invalid num_labels {num_labels}")
-        if header[10] not in (0, 1):
-            raise SFTError(f"{path}: header[10] is {int(header[10])}, not 0 or 1")
-        copies = 1 + 2 * int(header[10])   # header[10] = 1: the AdamW moments m and v follow (not read here)
     else:
         raise SFTError(f"{path}: bad magic {magic} (expected {LLMC_MAGIC} llm.c or {SFT_MAGIC} SFT)")
+    moments = int(header[10])
+    if moments not in (0, 1):
+        raise SFTError(f"{path}: header[10] is {moments}, not 0 or 1 (whether the AdamW moments follow)")
     cfg = GPT2Config(*[int(x) for x in header[2:8]])
     cfg.validate(path)
     shapes = param_shapes(cfg, num_labels)
     total = sum(num_elements(s) for _, s in shapes)
-    expected = HEADER_BYTES + 4 * total * copies
+    expected = HEADER_BYTES + 4 * total * (1 + 2 * moments)
     if size != expected:
-        raise SFTError(f"{path}: size {size} bytes, expected {expected} for {cfg}")
+        what = "parameters and AdamW moments m, v (header[10] = 1)" if moments else "parameters only (header[10] = 0)"
+        raise SFTError(f"{path}: size {size} bytes, expected {expected} for {cfg} with {what}")
     flat = torch.from_numpy(np.fromfile(path, dtype="<f4", offset=HEADER_BYTES, count=total).astype(np.float32, copy=False))
     tensors, pos = {}, 0
     for name, shape in shapes:
@@ -432,12 +441,12 @@ class DropoutMasks:
 # ----------------------------------------------------------------------------
 # the model
 
-class GPT2ForSequenceClassification(nn.Module):
-    """GPT-2 trunk + last-token pooling + bias-free linear head.
+class GPT2Trunk(nn.Module):
+    """The GPT-2 body shared by both tasks: embeddings, blocks, final LayerNorm.
 
     Parameters are stored exactly as the llm.c tensors (stacked over layers), so
     parameters(), gradients and the checkpoint files share one layout and order:
-    the 16 llm.c tensors, then `score`.
+    the 16 llm.c tensors, then `score` when num_labels >= 1 (0: no head).
     """
 
     def __init__(self, cfg, num_labels, dtype=torch.float64):
@@ -449,8 +458,8 @@ class GPT2ForSequenceClassification(nn.Module):
             self.register_parameter(name, nn.Parameter(torch.zeros(shape, dtype=dtype)))
 
     @torch.no_grad()
-    def load(self, params, score):
-        """Copy float32 tensors (dict of the 16 names, and score) into the parameters."""
+    def load(self, params, score=None):
+        """Copy float32 tensors (dict of the 16 names, and score if the model has one)."""
         for name, p in self.named_parameters():
             p.copy_(score if name == "score" else params[name])
         return self
@@ -531,17 +540,15 @@ class GPT2ForSequenceClassification(nn.Module):
         per_name = {n: getattr(self, n).unbind(0) for n in names}
         return [{n: per_name[n][l] for n in names} for l in range(self.cfg.num_layers)]
 
-    def forward(self, tokens, lengths, dropout=None):
-        """tokens: (B, T) int64, right padded; lengths: (B,) int64 in 1..T.
+    def hidden(self, tokens, dropout=None):
+        """tokens: (B, T) int64. Returns ln_f of the last block's output, (B, T, C),
+        at every position (causal: position t sees tokens 0..t only).
 
         dropout: None (no dropout) or (p, seed, pass_index): inverted dropout with
         the masks of training forward pass `pass_index` (FORMATS.md section 5);
         p is rounded to float32 and p == 0 is the same as None.
-
-        Returns logits (B, K). Positions >= lengths[b] are padding; they cannot
-        influence position lengths[b]-1 because attention is causal.
         """
-        B, T = tokens.shape
+        T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise SFTError(f"sequence length {T} exceeds the model's max_seq_len {self.cfg.max_seq_len}")
         drop = None
@@ -555,9 +562,35 @@ class GPT2ForSequenceClassification(nn.Module):
         for layer, w in enumerate(self.layer_views()):
             x = x + self.attention(self.layernorm(x, w["ln1w"], w["ln1b"]), w, drop, layer)
             x = x + self.mlp(self.layernorm(x, w["ln2w"], w["ln2b"]), w, drop, layer)
-        x = self.layernorm(x, self.lnfw, self.lnfb)                # (B, T, C)
-        pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C) last real token
+        return self.layernorm(x, self.lnfw, self.lnfb)             # (B, T, C)
+
+
+class GPT2ForSequenceClassification(GPT2Trunk):
+    """GPT-2 trunk + last-token pooling + bias-free linear head `score` (K, C)."""
+
+    def forward(self, tokens, lengths, dropout=None):
+        """tokens: (B, T) int64, right padded; lengths: (B,) int64 in 1..T;
+        dropout as in GPT2Trunk.hidden.
+
+        Returns logits (B, K). Positions >= lengths[b] are padding; they cannot
+        influence position lengths[b]-1 because attention is causal.
+        """
+        x = self.hidden(tokens, dropout)                           # (B, T, C)
+        pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, C) last real token
         return pooled @ self.score.t()                             # (B, K)
+
+
+class GPT2LMHeadModel(GPT2Trunk):
+    """GPT-2 language model: the trunk at every position, output layer tied to wte
+    (llm.c / HF GPT2LMHeadModel). The padded rows wte[V:Vp] never enter the
+    softmax, so the output layer gives them zero gradient."""
+
+    def __init__(self, cfg, dtype=torch.float64):
+        super().__init__(cfg, 0, dtype)
+
+    def forward(self, tokens, dropout=None):
+        """tokens: (B, T) int64; dropout as in GPT2Trunk.hidden. Returns logits (B, T, V)."""
+        return self.hidden(tokens, dropout) @ self.wte[:self.cfg.vocab_size].t()
 
 
 def sft_loss(logits, targets):
@@ -569,6 +602,20 @@ def sft_loss(logits, targets):
     if logits.shape[1] == 1:
         return ((logits[:, 0] - targets.to(logits.dtype)) ** 2).mean()
     return F.cross_entropy(logits, targets)
+
+
+def lm_loss(logits, tokens, lengths):
+    """Next-token cross-entropy averaged over the real predictions.
+
+    logits (B, T, V), tokens (B, T), lengths (B,) in 2..T: sequence b predicts
+    tokens[b, t+1] at positions t = 0..lengths[b]-2, sum_b (lengths[b] - 1)
+    predictions in all; the positions from lengths[b]-1 on are not scored.
+    """
+    T = tokens.shape[1]
+    scored = torch.arange(T - 1, device=tokens.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)                              # (B, T-1, V)
+    nll = -logp.gather(2, tokens[:, 1:, None]).squeeze(2)                         # (B, T-1)
+    return nll[scored].mean()
 
 
 def linear_warmup_lambda(warmup, total):
@@ -701,17 +748,18 @@ def f32(x):
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def choose_lengths(B, T, g):
-    """B distinct lengths in 1..T (when B <= T): one == T, one == 1 if B >= 3, rest random;
-    returned in random order so the longest sequence is not always first."""
-    fixed = [T] if B < 3 else [T, 1]
+def choose_lengths(B, T, g, shortest=1):
+    """B distinct lengths in shortest..T (when there are enough): one == T, one ==
+    shortest if B >= 3, rest random; returned in random order so the longest
+    sequence is not always first."""
+    fixed = [T] if B < 3 else [T, shortest]
     fixed = fixed[:B]
-    pool = list(range(2, T)) if B >= 3 else list(range(1, T))
+    pool = list(range(shortest + 1, T)) if B >= 3 else list(range(shortest, T))
     need = B - len(fixed)
     perm = torch.randperm(len(pool), generator=g).tolist()
     others = [pool[i] for i in perm[:need]]
     while len(others) < need:                   # B > T: lengths cannot all differ
-        others.append(int(torch.randint(1, T + 1, (1,), generator=g)))
+        others.append(int(torch.randint(shortest, T + 1, (1,), generator=g)))
     lengths = fixed + others
     order = torch.randperm(B, generator=g).tolist()
     return [lengths[i] for i in order]
@@ -721,11 +769,12 @@ def make_batch(B, T, K, vocab_size, seed, data_path=None):
     """Random batch for the debug state.
 
     Returns tokens (B, T) int64 (padding = random valid ids), lengths (B,) int64,
-    targets (B,) int64 class ids (K >= 2) or float32-exact float64 values (K == 1),
-    and a short description of the token source.
+    targets (B,) int64 class ids (K >= 2), float32-exact float64 values (K == 1)
+    or None (K == 0, the language model, whose lengths are >= 2: one prediction
+    at least), and a short description of the token source.
     """
     g = torch.Generator().manual_seed(seed)
-    lengths = choose_lengths(B, T, g)
+    lengths = choose_lengths(B, T, g, shortest=2 if K == 0 else 1)
     # start from random ids everywhere: the padding positions keep them
     tokens = torch.randint(0, vocab_size, (B, T), generator=g)
     source = "random ids"
@@ -754,7 +803,9 @@ def make_batch(B, T, K, vocab_size, seed, data_path=None):
                 tokens[b, :n] = seq
         else:
             print(f"note: dataset {data_path} not found, using random token ids")
-    if K >= 2:
+    if K == 0:
+        targets = None
+    elif K >= 2:
         # random class ids, redrawn until at least two classes appear (B >= 2): a batch
         # of one class is learned in a single update and makes the step losses ~0
         for _ in range(1000):
@@ -772,7 +823,9 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
                 dropout=0.0, dropout_seed=0):
     """Compute the reference trace and write it in the debug-state format.
 
-    All hyperparameters are rounded to float32 first (they are stored as float32
+    num_labels >= 1 is the classifier (1: regression); 0 is the language model
+    (next-token loss, output layer tied to wte; a fine-tuned checkpoint's head
+    is not used). All hyperparameters are rounded to float32 first (they are stored as float32
     in the header), so the reference uses exactly the values the C test reads.
     With dropout > 0 the initial forward/backward (logits, loss, grads in the
     file) is training pass 0 and update k is pass k (update 0 reuses pass 0);
@@ -780,7 +833,10 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
     zero, whatever dropout_seed is. Returns a dict summary.
     """
     cfg, params, ckpt_score = read_checkpoint(model_path)
-    if ckpt_score is not None:
+    lm = num_labels == 0
+    if lm:
+        score = None
+    elif ckpt_score is not None:
         if num_labels is not None and num_labels != ckpt_score.shape[0]:
             raise SFTError(f"{model_path}: checkpoint has num_labels {ckpt_score.shape[0]}, "
                            f"--num-labels says {num_labels}")
@@ -789,10 +845,12 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
         if num_labels is None:
             raise SFTError(f"{model_path}: llm.c checkpoint without a head; pass --num-labels")
         score = random_head(num_labels, cfg.channels, seed if head_seed is None else head_seed)
-    if num_labels < 1:
-        raise SFTError("num_labels must be >= 1")
+    if num_labels < 0:
+        raise SFTError("num_labels must be >= 0 (0: language model)")
     if B < 1 or T < 1:
         raise SFTError("batch and seq-len must be >= 1")
+    if lm and T < 2:
+        raise SFTError("the language model needs seq-len >= 2 (one prediction at least)")
     if T > cfg.max_seq_len:
         raise SFTError(f"seq-len {T} exceeds {model_path} max_seq_len {cfg.max_seq_len}")
     total_steps = steps if total_steps is None else total_steps
@@ -808,13 +866,24 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
         dropout, dropout_seed = 0.0, 0               # also turns -0.0 into +0.0 (zero bits)
 
     tokens, lengths, targets, source = make_batch(B, T, num_labels, cfg.vocab_size, seed, data_path)
-    model = GPT2ForSequenceClassification(cfg, num_labels, torch_dtype).load(params, score)
+    if lm:
+        model = GPT2LMHeadModel(cfg, torch_dtype).load(params)
+        ends = torch.stack([torch.zeros_like(lengths), lengths - 1], dim=1)   # (B, 2): positions 0, n_b - 1
+
+        def logits_and_loss(drop):
+            logits = model(tokens, drop)                                       # (B, T, V)
+            return logits[torch.arange(B)[:, None], ends], lm_loss(logits, tokens, lengths)
+    else:
+        model = GPT2ForSequenceClassification(cfg, num_labels, torch_dtype).load(params, score)
+
+        def logits_and_loss(drop):
+            logits = model(tokens, lengths, drop)                              # (B, K)
+            return logits, sft_loss(logits, targets)
     params_list = list(model.parameters())
 
     def forward_backward(pass_index):
         model.zero_grad(set_to_none=False)
-        logits = model(tokens, lengths, (dropout, dropout_seed, pass_index) if dropout > 0 else None)
-        loss = sft_loss(logits, targets)
+        logits, loss = logits_and_loss((dropout, dropout_seed, pass_index) if dropout > 0 else None)
         loss.backward()
         return logits.detach(), loss.detach()
 
@@ -847,9 +916,10 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
         f.write(lengths.numpy().astype("<i4").tobytes())
         if num_labels >= 2:
             f.write(targets.numpy().astype("<i4").tobytes())
-        else:
+        elif num_labels == 1:
             f.write(targets.numpy().astype("<f4").tobytes())
-        write_tensor_f32(f, score)
+        if score is not None:
+            write_tensor_f32(f, score)
         write_tensor_f32(f, logits)
         f.write(np.array([float(loss)], dtype="<f4").tobytes())
         for gr in grads0:
@@ -863,9 +933,11 @@ def debug_state(model_path, out_path, B, T, num_labels=None, steps=10, warmup=3,
                "step_grad_norms": step_norms, "source": source, "num_labels": num_labels,
                "dropout": dropout, "dropout_seed": dropout_seed}
     if not quiet:
-        print(f"debug state -> {out_path}  ({cfg}, B={B}, T={T}, K={num_labels}, {dtype}, tokens: {source})")
+        task = "language model" if lm else f"K={num_labels}"
+        print(f"debug state -> {out_path}  ({cfg}, B={B}, T={T}, {task}, {dtype}, tokens: {source})")
         print(f"  lengths      {summary['lengths']}")
-        print(f"  targets      {targets.tolist()}")
+        if targets is not None:
+            print(f"  targets      {targets.tolist()}")
         if dropout > 0:
             print(f"  dropout      p {dropout!r} (threshold {dropout_threshold(dropout)}, "
                   f"scale {dropout_scale(dropout)!r}), seed {dropout_seed}")
@@ -882,7 +954,8 @@ def read_debug_state(path, cfg):
 
     Accepts versions 1 and 2 (version 1 has no dropout; its slots [22..24] are
     zero, so they read as dropout 0). "dropout" is P as a Python float and
-    "dropout_seed" the uint64 seed.
+    "dropout_seed" the uint64 seed. num_labels 0 (language model): no targets,
+    no score, logits (B, 2, V) at positions 0 and lengths[b] - 1.
     """
     raw = open(path, "rb").read()
     h = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
@@ -892,14 +965,19 @@ def read_debug_state(path, cfg):
     hp = np.frombuffer(raw[64:88], dtype="<f4")
     seed_halves = h[23:25].view("<u4")
     nparams = sum(num_elements(s) for _, s in param_shapes(cfg, K))
-    layout = [("tokens", "<i4", B * T), ("lengths", "<i4", B),
-              ("targets", "<i4" if K >= 2 else "<f4", B), ("score", "<f4", K * cfg.channels),
-              ("logits", "<f4", B * K), ("loss", "<f4", 1), ("grads", "<f4", nparams),
+    if K < 0:
+        raise SFTError(f"{path}: num_labels {K} < 0")
+    head = [] if K == 0 else [("targets", "<i4" if K >= 2 else "<f4", B), ("score", "<f4", K * cfg.channels)]
+    layout = [("tokens", "<i4", B * T), ("lengths", "<i4", B)] + head + [
+              ("logits", "<f4", B * (2 * cfg.vocab_size if K == 0 else K)), ("loss", "<f4", 1),
+              ("grads", "<f4", nparams),
               ("step_losses", "<f4", steps), ("step_lrs", "<f4", steps), ("step_grad_norms", "<f4", steps)]
     out = {"header": h, "hyper": hp, "dropout": float(h[22:23].view("<f4")[0]),
            "dropout_seed": int(seed_halves[0]) | (int(seed_halves[1]) << 32)}
     pos = HEADER_BYTES
     for name, dt, n in layout:
+        if pos + 4 * n > len(raw):
+            raise SFTError(f"{path}: size {len(raw)}, too small for {name}")
         out[name] = np.frombuffer(raw, dtype=dt, count=n, offset=pos)
         pos += 4 * n
     if pos != len(raw):
@@ -913,30 +991,30 @@ def read_debug_state(path, cfg):
 def test_inputs(out_dir, data_path=None):
     """Generate every file test_sft.c needs, skipping files that already exist."""
     os.makedirs(out_dir, exist_ok=True)
-    tiny = os.path.join(out_dir, "gpt2_tiny.bin")
-    big = os.path.join(out_dir, "gpt2_124M.bin")
-    jobs = [
-        (tiny, lambda p: write_checkpoint(p, config_by_name("tiny"), random_params(config_by_name("tiny"), 1337))),
-        (os.path.join(out_dir, "gpt2_tiny_debug_state.bin"),
-         lambda p: debug_state(tiny, p, B=4, T=100, num_labels=3, steps=10, warmup=3, lr=1e-3,
-                               weight_decay=0.1, seed=42, data_path=data_path)),
-        (os.path.join(out_dir, "gpt2_tiny_reg_debug_state.bin"),
-         lambda p: debug_state(tiny, p, B=3, T=16, num_labels=1, steps=10, warmup=3, lr=1e-3,
-                               weight_decay=0.1, seed=43, data_path=data_path)),
-        # dropout: a seed above 2^32 so that both halves of header slots [23..24] matter
-        (os.path.join(out_dir, "gpt2_tiny_dropout_debug_state.bin"),
-         lambda p: debug_state(tiny, p, B=4, T=100, num_labels=3, steps=10, warmup=3, lr=1e-3,
-                               weight_decay=0.1, seed=45, data_path=data_path,
-                               dropout=0.2, dropout_seed=1234567890123)),
-        (big, lambda p: write_checkpoint(p, config_by_name("d12"), random_params(config_by_name("d12"), 1337))),
-        (os.path.join(out_dir, "gpt2_124M_debug_state.bin"),
-         lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=10, warmup=3, lr=1e-5,
-                               weight_decay=0.1, seed=44, data_path=data_path)),
-        (os.path.join(out_dir, "gpt2_124M_dropout_debug_state.bin"),
-         lambda p: debug_state(big, p, B=4, T=32, num_labels=2, steps=3, warmup=1, lr=1e-5,
-                               weight_decay=0.1, seed=46, data_path=data_path,
-                               dropout=0.1, dropout_seed=20261129)),
+    small = dict(B=4, T=100, steps=10, warmup=3, lr=1e-3, weight_decay=0.1)     # tiny model
+    big = dict(B=4, T=32, steps=10, warmup=3, lr=1e-5, weight_decay=0.1)        # 124M shapes
+    # dropout: a seed above 2^32 so that both halves of header slots [23..24] matter
+    drop = dict(dropout=0.2, dropout_seed=1234567890123)
+    models = [  # (checkpoint, config, [(debug-state file, debug_state arguments)]); num_labels 0: LM
+        ("gpt2_tiny.bin", "tiny", [
+            ("gpt2_tiny_debug_state.bin", dict(small, num_labels=3, seed=42)),
+            ("gpt2_tiny_reg_debug_state.bin", dict(small, B=3, T=16, num_labels=1, seed=43)),
+            ("gpt2_tiny_dropout_debug_state.bin", dict(small, num_labels=3, seed=45, **drop)),
+            ("gpt2_tiny_lm_debug_state.bin", dict(small, num_labels=0, seed=47)),
+            ("gpt2_tiny_lm_dropout_debug_state.bin", dict(small, num_labels=0, seed=48, **drop))]),
+        ("gpt2_124M.bin", "d12", [
+            ("gpt2_124M_debug_state.bin", dict(big, num_labels=2, seed=44)),
+            ("gpt2_124M_dropout_debug_state.bin", dict(big, num_labels=2, seed=46, steps=3, warmup=1,
+                                                       dropout=0.1, dropout_seed=20261129)),
+            ("gpt2_124M_lm_debug_state.bin", dict(big, num_labels=0, seed=49))]),
     ]
+    jobs = []
+    for ckpt, config, states in models:
+        ckpt = os.path.join(out_dir, ckpt)
+        jobs.append((ckpt, lambda p, c=config_by_name(config): write_checkpoint(p, c, random_params(c, 1337))))
+        jobs += [(os.path.join(out_dir, name),
+                  lambda p, ckpt=ckpt, kw=kw: debug_state(ckpt, p, data_path=data_path, **kw))
+                 for name, kw in states]
     for path, make in jobs:
         if os.path.exists(path):
             print(f"exists, skipped: {path}")
@@ -976,12 +1054,12 @@ def reference_dropout_multiplier(dropout, site, shape, index_of):
     return torch.tensor(rows, dtype=torch.float64).view(shape)
 
 
-def reference_logits(cfg, p, tokens, lengths, dropout=None):
-    """Independent forward: one unpadded sequence at a time, per-head loops and
+def reference_hidden(cfg, p, tokens, lengths, dropout=None):
+    """Independent trunk: one unpadded sequence at a time, per-head loops and
     torch's own layers (F.layer_norm, F.linear, F.gelu(approximate='tanh')).
-    p: dict of the 17 parameter tensors; dropout: None or (p, seed, pass_index),
-    masks from reference_dropout_multiplier (slow: tiny models only).
-    Returns logits (B, K)."""
+    p: dict of the 16 llm.c tensors (more are ignored); dropout: None or
+    (p, seed, pass_index), masks from reference_dropout_multiplier (slow: tiny
+    models only). Returns [B tensors (lengths[b], C)]: ln_f at the real positions."""
     C, H, maxT = cfg.channels, cfg.num_heads, cfg.max_seq_len
     hd = C // H
     out = []
@@ -1018,9 +1096,31 @@ def reference_logits(cfg, p, tokens, lengths, dropout=None):
             h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], LN_EPS)
             x = x + drop(F.linear(F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh"),
                                   p["fcprojw"][l], p["fcprojb"][l]), 3 + 3 * l, act_index)
-        last = F.layer_norm(x[n - 1], (C,), p["lnfw"], p["lnfb"], LN_EPS)
-        out.append(F.linear(last, p["score"]))
-    return torch.stack(out)
+        out.append(F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], LN_EPS))
+    return out
+
+
+def reference_logits(cfg, p, tokens, lengths, dropout=None):
+    """Classifier logits (B, K) from reference_hidden at the last real position;
+    p holds the 17 tensors (with score)."""
+    return torch.stack([F.linear(h[-1], p["score"]) for h in reference_hidden(cfg, p, tokens, lengths, dropout)])
+
+
+def reference_lm_loss(cfg, p, tokens, lengths, out_weight=None, dropout=None):
+    """Language-model loss written the Hugging Face way: logits padded to (B, T, V),
+    labels = tokens with -100 at the padding, logits[:, :-1] against labels[:, 1:],
+    F.cross_entropy(ignore_index=-100). out_weight: the output layer (V, C),
+    default the tied p["wte"][:V]; an untied copy separates the gradient of the
+    output layer from the embedding's. Returns (loss, logits (B, T, V))."""
+    V = cfg.vocab_size
+    B, T = tokens.shape
+    w = p["wte"][:V] if out_weight is None else out_weight
+    logits = torch.stack([F.pad(F.linear(h, w), (0, 0, 0, T - h.shape[0]))
+                          for h in reference_hidden(cfg, p, tokens, lengths, dropout)])
+    labels = tokens.clone()
+    labels[torch.arange(T)[None, :] >= lengths[:, None]] = -100
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return loss, logits
 
 
 def reference_adamw(p, grad, m, v, step, lr, b1, b2, eps, wd):
@@ -1109,6 +1209,36 @@ def selftest():
             check("truncated file rejected", False)
         except SFTError as e:
             check("truncated file rejected", bad in str(e), str(e))
+
+        # llm.c checkpoint with a step in header[9] and, header[10] = 1, the AdamW
+        # moments m and v after the parameters: the parameters are read, the moments ignored
+        n16 = sum(num_elements(sh) for _, sh in param_shapes(cfg))
+        hdr = np.frombuffer(orig_bytes[:HEADER_BYTES], dtype="<i4").copy()
+        hdr[9], hdr[10] = 7, 1
+        body = orig_bytes[HEADER_BYTES:]
+        moments = np.random.default_rng(3).standard_normal(2 * n16).astype("<f4").tobytes()
+        with open(bad, "wb") as f:
+            f.write(hdr.tobytes() + body + moments)
+        try:
+            c3, p3, s3 = read_checkpoint(bad)
+            ok, detail = s3 is None and all(torch.equal(p3[k], params[k]) for k in PARAM_NAMES), ""
+        except SFTError as e:
+            ok, detail = False, str(e)
+        check("llm.c checkpoint with step and AdamW moments (header[10] = 1) read, moments ignored",
+              ok and os.path.getsize(bad) == HEADER_BYTES + 4 * n16 * 3, detail)
+        hdr2 = hdr.copy()
+        hdr2[10] = 2
+        for what, data in (("header[10] = 1 without the moments", hdr.tobytes() + body),
+                           ("header[10] = 1, one float short", hdr.tobytes() + body + moments[:-4]),
+                           ("header[10] = 0 with moments", orig_bytes + moments),
+                           ("header[10] = 2", hdr2.tobytes() + body + moments)):
+            with open(bad, "wb") as f:
+                f.write(data)
+            try:
+                read_checkpoint(bad)
+                check(f"llm.c checkpoint, {what}: rejected", False)
+            except SFTError as e:
+                check(f"llm.c checkpoint, {what}: rejected", bad in str(e) and "header[10]" in str(e), str(e))
 
         # 6. model vs independent implementation, logits / loss / all gradients, float64
         for K in (3, 1):
@@ -1303,6 +1433,111 @@ def selftest():
         diff = max(float((p.detach() - ref[n]).abs().max()) for n, p in model.named_parameters())
         check("AdamW/clip/schedule == plain formulas", diff < 1e-12, f"max |dparam| {diff:.2e}")
 
+        # 9. language model (num_labels 0), float64, against reference_lm_loss:
+        # per-sequence trunk, logits padded HF-style, cross_entropy(ignore_index=-100)
+        V, Vp = cfg.vocab_size, cfg.padded_vocab_size
+        B, T = 4, 12
+        tokens, lengths, targets, _ = make_batch(B, T, 0, cfg.vocab_size, seed=6)
+        lens = lengths.tolist()
+        check("make_batch K=0: no targets, lengths distinct in 2..T, one == 2 and one == T",
+              targets is None and min(lens) == 2 and max(lens) == T and len(set(lens)) == B, str(lens))
+        real = torch.arange(T)[None, :] < lengths[:, None]                 # (B, T) real positions
+
+        def fresh():
+            return {n_: t.detach().double().clone().requires_grad_(True) for n_, t in params.items()}
+
+        def grad_diff(model, ref):
+            return max(float((pp.grad - ref[n_].grad).abs().max() / (ref[n_].grad.abs().max() + 1e-30))
+                       for n_, pp in model.named_parameters())
+
+        lm = GPT2LMHeadModel(cfg, torch.float64).load(params)
+        logits = lm(tokens)
+        loss = lm_loss(logits, tokens, lengths)
+        loss.backward()
+        p = fresh()
+        ref_loss, ref_lg = reference_lm_loss(cfg, p, tokens, lengths)
+        ref_loss.backward()
+        dl = float((logits - ref_lg)[real].abs().max())
+        logp = torch.log_softmax(logits.detach(), dim=-1)                  # a third way: a plain loop
+        terms = [-float(logp[b, t, tokens[b, t + 1]]) for b in range(B) for t in range(lens[b] - 1)]
+        loop = sum(terms) / len(terms)
+        check("LM loss == HF-style cross_entropy(ignore_index) reference == loop over the predictions",
+              dl < 1e-12 and abs(float(loss) - float(ref_loss)) < 1e-12 and abs(float(loss) - loop) < 1e-12
+              and len(terms) == sum(lens) - B, f"loss {float(loss):.6f}, {len(terms)} predictions, "
+              f"max |dlogit| {dl:.2e}")
+        dg = grad_diff(lm, p)
+        check("LM gradients == reference", dg < 1e-10, f"max relative grad diff {dg:.2e}")
+
+        # tied output layer: wte's gradient is the embedding's plus the output layer's,
+        # computed apart with an untied copy of wte[:V]; the padded rows get none
+        pu = fresh()
+        w_out = params["wte"][:V].double().clone().requires_grad_(True)
+        reference_lm_loss(cfg, pu, tokens, lengths, out_weight=w_out)[0].backward()
+        emb, out_part = pu["wte"].grad, w_out.grad
+        tied = emb.clone()
+        tied[:V] += out_part
+        scale = min(float(emb.abs().max()), float(out_part.abs().max()))
+        dt = float((lm.wte.grad - tied).abs().max()) / scale
+        emb_rows = set(torch.nonzero(emb.abs().sum(1)).ravel().tolist())
+        predicting = torch.arange(T)[None, :] < lengths[:, None] - 1     # the last real token predicts nothing
+        check("LM tied wte gradient == embedding-only + output-only (untied copy), padded rows 0",
+              dt < 1e-10 and scale > 0 and emb_rows == set(tokens[predicting].tolist())
+              and not lm.wte.grad[V:].any(), f"max diff / smaller part {dt:.2e}")
+
+        # padding invariance: new pad ids change neither the loss nor any gradient (bit exact)
+        grads = [pp.grad.clone() for pp in lm.parameters()]
+        tokens2 = torch.where(real, tokens, torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(78)))
+        lm.zero_grad()
+        loss2 = lm_loss(lm(tokens2), tokens2, lengths)
+        loss2.backward()
+        check("LM padding invariance, loss and grads bit-identical", torch.equal(loss, loss2) and all(
+            torch.equal(a, pp.grad) for a, pp in zip(grads, lm.parameters())))
+
+        # dropout: the trunk's masks at every position, against the element-by-element reference
+        drop = (0.3, 2 ** 40 + 12345, 5)
+        lm.zero_grad()
+        loss_d = lm_loss(lm(tokens, drop), tokens, lengths)
+        loss_d.backward()
+        p = fresh()
+        ref_d = reference_lm_loss(cfg, p, tokens, lengths, dropout=drop)[0]
+        ref_d.backward()
+        dg = grad_diff(lm, p)
+        check("LM with dropout == reference, loss and gradients",
+              abs(float(loss_d) - float(ref_d)) < 1e-12 and dg < 1e-10 and abs(float(loss_d - loss)) > 1e-3,
+              f"loss {float(loss_d):.6f} (without {float(loss):.6f}), max relative grad diff {dg:.2e}")
+
+        # LM debug states, without and with dropout: layout, pass 0, round trip
+        for p_drop in (0.0, 0.15):
+            dsl = os.path.join(d, f"dslm{p_drop}.bin")
+            s = debug_state(orig, dsl, B=3, T=8, num_labels=0, steps=3, warmup=1, lr=1e-3,
+                            weight_decay=0.1, seed=3, quiet=True, dropout=p_drop, dropout_seed=dseed)
+            r = read_debug_state(dsl, cfg)
+            tok = torch.from_numpy(r["tokens"].reshape(3, 8).astype(np.int64))
+            lens = torch.from_numpy(r["lengths"].astype(np.int64))
+            lm.zero_grad()
+            lg = lm(tok, (p_drop, dseed, 0))
+            loss0 = lm_loss(lg, tok, lens)
+            loss0.backward()
+            ends = torch.stack([torch.zeros_like(lens), lens - 1], dim=1)
+            want_logits = lg.detach()[torch.arange(3)[:, None], ends].float().numpy().ravel()
+            want_grads = torch.cat([pp.grad.float().ravel() for pp in lm.parameters()]).numpy()
+            wte_pad = r["grads"][V * cfg.channels:Vp * cfg.channels]
+            check(f"LM debug state (dropout {p_drop}): header, lengths in 2..T, round trip",
+                  int(r["header"][4]) == 0 and sorted(lens.tolist())[0] == 2 and 8 in lens.tolist()
+                  and r["dropout"] == f32(p_drop) and r["dropout_seed"] == (dseed if p_drop else 0),
+                  str(lens.tolist()))
+            check(f"LM debug state (dropout {p_drop}): logits at 0 and n-1, loss, grads of pass 0",
+                  np.array_equal(want_logits, r["logits"]) and r["loss"][0] == f32(float(loss0))
+                  and r["step_losses"][0] == r["loss"][0] and np.array_equal(want_grads, r["grads"])
+                  and not wte_pad.any(), f"loss {float(r['loss'][0]):.6f}")
+        with open(bad, "wb") as f:
+            f.write(open(dsl, "rb").read()[:-4])
+        try:
+            read_debug_state(bad, cfg)
+            check("truncated LM debug state rejected", False)
+        except SFTError as e:
+            check("truncated LM debug state rejected", bad in str(e), str(e))
+
     ok = all(results)
     print(f"selftest: {'PASS' if ok else 'FAIL'} ({sum(results)}/{len(results)} checks)")
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
@@ -1324,12 +1559,16 @@ def main(argv=None):
     p.add_argument("--plain-init", action="store_true",
                    help="HF init: LayerNorm w=1, b=0, biases 0 (default randomises them)")
 
-    p = sub.add_parser("debug-state", help="write the reference trace for test_sft.c")
+    p = sub.add_parser("debug-state", help="write the reference trace for test_sft.c "
+                                           "(classifier, or --num-labels 0: language model)")
     p.add_argument("--model", required=True, help="llm.c or SFT checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--num-labels", type=int, default=None, help="required for llm.c checkpoints")
+    p.add_argument("--num-labels", type=int, default=None,
+                   help="task: K >= 2 classes, 1 regression, 0 the language model (next-token "
+                        "loss, output layer tied to wte; a checkpoint's head is not used); "
+                        "required for llm.c checkpoints, default an SFT checkpoint's K")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--total-steps", type=int, default=None, help="schedule horizon (default --steps)")

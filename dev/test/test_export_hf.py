@@ -20,13 +20,23 @@ Uses no IMDB data: it writes its own small random datasets.
      exported safetensors, computes logits for every example; softmax(logits)
      must match the trainer's --predict p_k columns within 1e-5 (regression: the
      value column), and the predicted class must be the argmax.
-  4. An llm.c checkpoint exports without score.weight and imports back identical.
+  4. An llm.c checkpoint with --arch classifier exports without score.weight and
+     imports back identical.
+  4b. Language model: the llm.c checkpoint as the trainer's `--task lm --save`
+     writes it (header[9] step, header[10] = 1, the AdamW moments after the
+     parameters) exports by default as GPT2LMHeadModel: config.json (tied, no
+     labels), no lm_head.weight, every tensor bit-equal to to_hf_state_dict and
+     to the export of the file without moments; import_hf gives back the llm.c
+     file byte for byte; the tied-output logits h @ wte^T computed from the
+     folder equal the reference's at every position of texts up to the
+     model's 128 positions (the reference pools each prefix with score = wte).
   5. classify.py: its probabilities equal --predict's on the same tokens (texts
      with <|endoftext|>, non-ASCII, a long one that is truncated head / tail /
      head+tail) and the reference's within 1e-5; --file gives the same output;
      label names from --label-names and CKPT.labels.json; clean errors.
   6. If `transformers` is importable, from_pretrained(folder) must give the same
-     logits for right-padded input (skipped otherwise).
+     logits for right-padded input (skipped otherwise): GPT2ForSequenceClassification
+     for the fine-tuned exports, GPT2LMHeadModel (the tied logits) for 4b.
 
 Ends with "N passed, N failed[, N skipped]"; exits 1 on any failure.
 """
@@ -159,15 +169,14 @@ def ref_logits(cfg, params, score, token_lists):
     return torch.cat(out)
 
 
-def hf_style_logits(sd, conf, token_lists, rule):
+def hf_style_hidden(sd, conf, token_lists):
     """An independent forward written the way transformers' modeling_gpt2 reads the folder:
     HF names, Conv1D y = x @ W + b with W (in, out), c_attn output split q|k|v, attention mask
-    on right padding with config.pad_token_id, and the pooled position found from pad_token_id:
-    rule "first-pad" (transformers < 4.49: the token before the first pad, modulo T) or
-    "last-non-pad" (>= 4.49: the rightmost token that is not pad). float64."""
+    on right padding with config.pad_token_id (50256 when the config has none). float64.
+    Returns (ln_f output (B, T, C), padded ids (B, T))."""
     import torch.nn.functional as F
     C, H, L = conf["n_embd"], conf["n_head"], conf["n_layer"]
-    eps, pad = conf["layer_norm_epsilon"], conf["pad_token_id"]
+    eps, pad = conf["layer_norm_epsilon"], conf.get("pad_token_id", EOT_ID)
     w = {k: v.double() for k, v in sd.items()}
     B, T = len(token_lists), max(len(x) for x in token_lists)
     ids = torch.full((B, T), pad, dtype=torch.int64)
@@ -197,13 +206,30 @@ def hf_style_logits(sd, conf, token_lists, rule):
         m = conv1d(m, p + "mlp.c_fc")
         m = 0.5 * m * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (m + 0.044715 * m ** 3)))   # gelu_new
         h = h + conv1d(m, p + "mlp.c_proj")
-    h = F.layer_norm(h, (C,), w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps)
-    logits = h @ w["score.weight"].t()                                       # (B, T, K)
+    return F.layer_norm(h, (C,), w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], eps), ids
+
+
+def hf_style_logits(sd, conf, token_lists, rule):
+    """GPT2ForSequenceClassification from the folder, with hf_style_hidden: score.weight at the
+    pooled position found from pad_token_id: rule "first-pad" (transformers < 4.49: the token
+    before the first pad, modulo T) or "last-non-pad" (>= 4.49: the rightmost token that is not
+    pad). float64 (B, K)."""
+    h, ids = hf_style_hidden(sd, conf, token_lists)
+    B, T = ids.shape
+    pad = conf["pad_token_id"]
+    logits = h @ sd["score.weight"].double().t()                             # (B, T, K)
     if rule == "first-pad":
         pos = (torch.eq(ids, pad).int().argmax(-1) - 1) % T
     else:
         pos = (torch.arange(T) * torch.ne(ids, pad).int()).argmax(-1)
     return logits[torch.arange(B), pos]
+
+
+def hf_style_lm_logits(sd, conf, token_lists):
+    """GPT2LMHeadModel from the folder, with hf_style_hidden: the output layer tied to
+    transformer.wte.weight (lm_head.weight is not in the file). float64 (B, T, vocab)."""
+    h, _ = hf_style_hidden(sd, conf, token_lists)
+    return h @ sd["transformer.wte.weight"].double().t()
 
 
 def softmax_rows(logits):
@@ -411,7 +437,8 @@ def main():
 
     # 4. llm.c checkpoint: no head
     folder = os.path.join(out, "hf_llmc")
-    r = run([sys.executable, os.path.join(DEV, "export_hf.py"), base, folder, "--num-labels", "3"], args.verbose)
+    r = run([sys.executable, os.path.join(DEV, "export_hf.py"), base, folder, "--arch", "classifier",
+             "--num-labels", "3"], args.verbose)
     conf = json.load(open(os.path.join(folder, "config.json"))) if r.returncode == 0 else {}
     header = check_safetensors_layout(os.path.join(folder, "model.safetensors"))[2] if r.returncode == 0 else {}
     R.check("llm.c checkpoint: exported with a note, no score.weight, num_labels 3",
@@ -422,6 +449,9 @@ def main():
         hf_import.import_hf(folder, back)
     R.check("llm.c checkpoint: import_hf(export) byte-identical",
             os.path.isfile(back) and open(back, "rb").read() == open(base, "rb").read())
+
+    # 4b. language model
+    lm_checks(R, args, out, cfg, base)
 
     # error handling
     bad = os.path.join(out, "bad.bin")
@@ -443,6 +473,94 @@ def main():
     tail = f", {R.skipped} skipped" if R.skipped else ""
     print(f"{R.passed} passed, {R.failed} failed{tail}")
     return 1 if R.failed else 0
+
+
+def with_moments(src, dst, step, seed):
+    """src (an llm.c checkpoint) as `train_gpt2_sft --task lm --save` writes it: header[9] = step,
+    header[10] = 1, a run identity in [11..17], then the AdamW moments m and v (random here)."""
+    data = open(src, "rb").read()
+    n = (len(data) - 1024) // 4
+    header = list(struct.unpack("<256i", data[:1024]))
+    header[9:18] = [step, 1, 1000, 8, 1, 64, 0, seed, 0]
+    g = torch.Generator().manual_seed(seed)
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<256i", *header) + data[1024:])
+        f.write(torch.randn(2 * n, generator=g, dtype=torch.float32).numpy().astype("<f4").tobytes())
+    return dst
+
+
+def lm_checks(R, args, out, cfg, base):
+    """4b. The llm.c checkpoint with AdamW moments as GPT2LMHeadModel, and 6. for it."""
+    ckpt = with_moments(base, os.path.join(out, "gpt2_tiny_lm_save.bin"), step=5, seed=77)
+    folder, plain = os.path.join(out, "hf_lm"), os.path.join(out, "hf_lm_plain")
+    r = run([sys.executable, os.path.join(DEV, "export_hf.py"), ckpt, folder, "--no-tokenizer"], args.verbose)
+    r2 = run([sys.executable, os.path.join(DEV, "export_hf.py"), base, plain, "--no-tokenizer"], args.verbose)
+    if not R.check("LM: export_hf.py of a --save file with AdamW moments exits 0, says they are not exported",
+                   r.returncode == 0 and r2.returncode == 0 and "not exported" in r.stdout,
+                   (r.stderr + r2.stderr).strip()[-300:]):
+        return
+    cfg_src, params, _ = ref.read_checkpoint(base)
+    conf = json.load(open(os.path.join(folder, "config.json")))
+    expect = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "tie_word_embeddings": True,
+              "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_embd": cfg.channels,
+              "n_positions": cfg.max_seq_len, "n_ctx": cfg.max_seq_len, "vocab_size": cfg.vocab_size,
+              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+              "bos_token_id": EOT_ID, "eos_token_id": EOT_ID}
+    bad = {k: (conf.get(k), v) for k, v in expect.items() if conf.get(k) != v}
+    bad.update({k: conf[k] for k in ("num_labels", "id2label", "problem_type") if k in conf})
+    R.check("LM: config.json of GPT2LMHeadModel (tie_word_embeddings, no labels)", not bad, str(bad)[:300])
+    st = os.path.join(folder, "model.safetensors")
+    ok, detail, header, meta = check_safetensors_layout(st)
+    R.check("LM: safetensors layout; metadata step 5", ok and meta.get("step") == "5", f"{detail} {meta}")
+    want = ref.to_hf_state_dict(cfg, params, prefix="transformer.")
+    R.check("LM: tensor names = transformer.* of GPT2LMHeadModel less the tied lm_head.weight",
+            set(header) == set(want), str(sorted(set(header) ^ set(want)))[:300])
+    got = read_exported(st)
+    mism = [k for k in want if k not in got or tuple(got[k].shape) != tuple(want[k].shape)
+            or not torch.equal(got[k], want[k].contiguous())]
+    R.check(f"LM: every tensor bit-equal to to_hf_state_dict (wte {cfg.vocab_size} rows)", not mism,
+            ", ".join(mism[:5]))
+    same = read_exported(os.path.join(plain, "model.safetensors"))
+    R.check("LM: the moments are ignored: same config.json and tensors as the file without them",
+            conf == json.load(open(os.path.join(plain, "config.json"))) and set(same) == set(got)
+            and all(torch.equal(same[k], got[k]) for k in got))
+    back = os.path.join(out, "lm_back.bin")
+    hf_import.import_hf(folder, back)
+    R.check("LM: import_hf(export) == the llm.c checkpoint byte for byte (16 tensors, moments dropped)",
+            open(back, "rb").read() == open(base, "rb").read())
+
+    # tied-output logits: from the folder, the HF way, against the reference pooled at every prefix
+    rng = random.Random(5)
+    lists = [[rng.randrange(cfg.vocab_size) for _ in range(n)] for n in (1, 17, cfg.max_seq_len)]
+    lists[1][3] = EOT_ID                                  # an <|endoftext|> inside a text is a plain token here
+    hf = hf_style_lm_logits(got, conf, lists)             # (B, T, V)
+    prefixes = [x[:t + 1] for x in lists for t in range(len(x))]
+    ours = ref_logits(cfg_src, params, params["wte"][:cfg.vocab_size], prefixes)   # (sum of lengths, V)
+    mine = torch.cat([hf[b, :len(x)] for b, x in enumerate(lists)])
+    diff = float((mine - ours).abs().max())
+    R.check(f"LM: tied logits h @ wte^T from the folder == reference at all {len(prefixes)} positions",
+            diff < 1e-9 and tuple(mine.shape) == (len(prefixes), cfg.vocab_size), f"max |dlogit| {diff:.2e}")
+
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        R.skip("LM: transformers.GPT2LMHeadModel.from_pretrained", "transformers not installed")
+        return
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64).eval()
+    T = max(len(x) for x in lists)
+    ids = torch.full((len(lists), T), EOT_ID, dtype=torch.int64)
+    mask = torch.zeros((len(lists), T), dtype=torch.int64)
+    for b, x in enumerate(lists):
+        ids[b, :len(x)] = torch.tensor(x)
+        mask[b, :len(x)] = 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    theirs = torch.cat([logits[b, :len(x)] for b, x in enumerate(lists)])
+    diff = float((theirs - mine).abs().max())
+    R.check(f"LM: transformers {transformers.__version__} GPT2LMHeadModel.from_pretrained logits == tied logits "
+            f"(lm_head tied to wte)", diff < 1e-9 and torch.equal(model.lm_head.weight, model.transformer.wte.weight),
+            f"max |dlogit| {diff:.2e}")
 
 
 TEXTS = [
@@ -467,7 +585,8 @@ def classify_checks(R, args, out, binary, sft_by_case, base):
     tok = prepro_imdb.GPT2Tokenizer.from_files(*(os.path.join(vocab, n) for n in prepro_imdb.GPT2_FILES))
     ids = [tok.encode(t) for t in TEXTS]
     cfg, params, score = ref.read_checkpoint(ckpt)
-    classify = [sys.executable, os.path.join(DEV, "classify.py"), "-m", ckpt, "--threads", str(args.threads)]
+    classify_cmd = [sys.executable, os.path.join(DEV, "classify.py"), "--binary", binary]
+    classify = classify_cmd + ["-m", ckpt, "--threads", str(args.threads)]
     long_len = len(ids[-1])
     assert long_len > 64, long_len
 
@@ -540,7 +659,7 @@ def classify_checks(R, args, out, binary, sft_by_case, base):
     # label names from CKPT.labels.json (3 classes), class numbers without names; regression value
     if "3 classes" in sft_by_case:
         ckpt3 = sft_by_case["3 classes"][0]
-        r = run([sys.executable, os.path.join(DEV, "classify.py"), "-m", ckpt3, "--json"] + TEXTS[:2], args.verbose)
+        r = run(classify_cmd + ["-m", ckpt3, "--json"] + TEXTS[:2], args.verbose)
         got = [json.loads(line) for line in r.stdout.splitlines()] if r.returncode == 0 else []
         R.check("classify.py: label names from CKPT.labels.json",
                 len(got) == 2 and all(list(g["probs"]) == ["bad", "meh", "good"] for g in got), r.stderr[-200:])
@@ -550,7 +669,7 @@ def classify_checks(R, args, out, binary, sft_by_case, base):
             len(got) == 1 and list(got[0]["probs"]) == ["0", "1"], r.stderr[-200:])
     if "regression" in sft_by_case:
         ckptr = sft_by_case["regression"][0]
-        r = run([sys.executable, os.path.join(DEV, "classify.py"), "-m", ckptr, "--json"] + TEXTS[:2], args.verbose)
+        r = run(classify_cmd + ["-m", ckptr, "--json"] + TEXTS[:2], args.verbose)
         got = [json.loads(line) for line in r.stdout.splitlines()] if r.returncode == 0 else []
         cfgr, pr, sr = ref.read_checkpoint(ckptr)
         vals = ref_logits(cfgr, pr, sr, [x[:cfgr.max_seq_len] for x in ids[:2]])[:, 0]
@@ -560,9 +679,9 @@ def classify_checks(R, args, out, binary, sft_by_case, base):
 
     # errors: one line, exit 1
     for what, cmd, needle in (
-            ("llm.c checkpoint (no head)", [sys.executable, os.path.join(DEV, "classify.py"), "-m", base, "x"],
+            ("llm.c checkpoint (no head)", classify_cmd + ["-m", base, "x"],
              "no classifier head"),
-            ("missing checkpoint", [sys.executable, os.path.join(DEV, "classify.py"), "-m",
+            ("missing checkpoint", classify_cmd + ["-m",
                                     os.path.join(out, "nope.bin"), "x"], "no such file"),
             ("no texts", classify, "no texts"),
             ("empty text", classify + [""], "empty text")):

@@ -61,8 +61,10 @@ build/train_gpt2_sft_mpi: train_gpt2_sft.c build/flags
 # data/imdb exists, random ones otherwise).
 REF_DATA = $(if $(wildcard data/imdb/imdb_train.bin),--data data/imdb/imdb_train.bin,)
 REF_TINY = $(REF)/gpt2_tiny.bin $(REF)/gpt2_tiny_debug_state.bin $(REF)/gpt2_tiny_reg_debug_state.bin \
-           $(REF)/gpt2_tiny_dropout_debug_state.bin
-REF_124M = $(REF)/gpt2_124M.bin $(REF)/gpt2_124M_debug_state.bin $(REF)/gpt2_124M_dropout_debug_state.bin
+           $(REF)/gpt2_tiny_dropout_debug_state.bin $(REF)/gpt2_tiny_lm_debug_state.bin \
+           $(REF)/gpt2_tiny_lm_dropout_debug_state.bin
+REF_124M = $(REF)/gpt2_124M.bin $(REF)/gpt2_124M_debug_state.bin $(REF)/gpt2_124M_dropout_debug_state.bin \
+           $(REF)/gpt2_124M_lm_debug_state.bin
 reference: $(REF_TINY) $(REF_124M)
 $(REF_TINY) $(REF_124M):
 	$(TORCH_PYTHON) dev/train_gpt2_sft.py test-inputs --out-dir $(REF) $(REF_DATA)

@@ -770,13 +770,47 @@ float loss_forward_backward(float *dlogits, const float *logits, const int *labe
 //   dz_i = (softmax(z_i) - onehot(y_i)) / N     (0 in the padding columns)
 //   dx = dz . wte;   dwte += dz^T . x
 // The (N,Vp) logits would take 200 KB per position with GPT-2's vocabulary,
-// so they are computed LM_CHUNK_ROWS positions at a time (51 MB for 50304
+// so they are computed LM_CHUNK_ROWS positions at a time (412 MB for 50304
 // columns) and turned into gradients at once: the forward pass of this layer
-// already runs its backward, which gpt2_backward then only adds in.
+// already runs its backward, which gpt2_backward then only adds in. Each
+// chunk packs wte anew for the matrix products, so larger chunks run faster
+// where C is small: measured on d2 (C = 128), 256 / 1024 / 2048 rows gave
+// 5.0k / 5.5k / 6.3k tokens per second.
 // x (N,C); targets (N); logits (LM_CHUNK_ROWS, Vp) scratch; dx (N,C) and
 // dwte (Vp,C) overwritten, and only computed when grad_scale != 0.
 // Returns the summed (not averaged) loss, in double.
-#define LM_CHUNK_ROWS 256
+#define LM_CHUNK_ROWS 2048
+
+// The largest of n floats. Sixteen running maxima, so the loop vectorizes.
+float max_of_floats(const float *x, int n) {
+    float lanes[16];
+    for (int j = 0; j < 16; j++) { lanes[j] = -FLT_MAX; }
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        for (int j = 0; j < 16; j++) { lanes[j] = x[k + j] > lanes[j] ? x[k + j] : lanes[j]; }
+    }
+    for (; k < n; k++) { lanes[0] = x[k] > lanes[0] ? x[k] : lanes[0]; }
+    float m = lanes[0];
+    for (int j = 1; j < 16; j++) { m = lanes[j] > m ? lanes[j] : m; }
+    return m;
+}
+
+// The sum of n floats: sixteen float sums (so the loop vectorizes) over
+// blocks of 1024, whose totals add up in double.
+double sum_of_floats(const float *x, int n) {
+    double total = 0.0;
+    for (int k0 = 0; k0 < n; k0 += 1024) {
+        const int k1 = k0 + 1024 < n ? k0 + 1024 : n;
+        float lanes[16] = {0.0f};
+        int k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            for (int j = 0; j < 16; j++) { lanes[j] += x[k + j]; }
+        }
+        for (; k < k1; k++) { lanes[0] += x[k]; }
+        for (int j = 0; j < 16; j++) { total += lanes[j]; }
+    }
+    return total;
+}
 double lm_head_forward_backward(float *dx, float *dwte, float *logits, const float *x, const int *targets,
                                 const float *wte, int N, int C, int V, int Vp, float grad_scale) {
     double *row_losses = (double *)malloc_or_die((size_t)LM_CHUNK_ROWS * sizeof(double), "row losses");
@@ -789,28 +823,14 @@ double lm_head_forward_backward(float *dx, float *dwte, float *logits, const flo
         #pragma omp parallel for schedule(static)
         for (int i = 0; i < rows; i++) {
             float *z = logits + (size_t)i * Vp;
-            // eight running maxima and sums, so the loops vectorize
-            float maxima[8];
-            for (int j = 0; j < 8; j++) { maxima[j] = -FLT_MAX; }
-            int k = 0;
-            for (; k + 8 <= V; k += 8) {
-                for (int j = 0; j < 8; j++) { maxima[j] = z[k + j] > maxima[j] ? z[k + j] : maxima[j]; }
-            }
-            float max_z = maxima[0];
-            for (int j = 1; j < 8; j++) { max_z = maxima[j] > max_z ? maxima[j] : max_z; }
-            for (; k < V; k++) { max_z = z[k] > max_z ? z[k] : max_z; }
-            const float target_z = z[targets[i0 + i]];
-            double sums[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-            for (k = 0; k + 8 <= V; k += 8) { // z becomes exp(z - max)
-                for (int j = 0; j < 8; j++) { z[k + j] = exp_fast(z[k + j] - max_z); sums[j] += z[k + j]; }
-            }
-            for (; k < V; k++) { z[k] = exp_fast(z[k] - max_z); sums[0] += z[k]; }
-            const double sum = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+            const float max_z = max_of_floats(z, V), target_z = z[targets[i0 + i]];
+            for (int k = 0; k < V; k++) { z[k] = exp_fast(z[k] - max_z); } // z becomes exp(z - max)
+            const double sum = sum_of_floats(z, V);
             row_losses[i] = log(sum) + max_z - target_z;
             if (grad_scale != 0.0f) { // z becomes dz
                 const float p_scale = (float)(1.0 / sum) * scale;
-                for (k = 0; k < V; k++) { z[k] *= p_scale; }
-                for (; k < Vp; k++) { z[k] = 0.0f; }
+                for (int k = 0; k < V; k++) { z[k] *= p_scale; }
+                for (int k = V; k < Vp; k++) { z[k] = 0.0f; }
                 z[targets[i0 + i]] -= scale;
             }
         }

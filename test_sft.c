@@ -548,8 +548,13 @@ static double loss_of_logits(const GPT2 *model, const Batch *batch) {
     const int K = model->config.num_labels;
     double total = 0.0;
     if (K == 0) {
+        // with the sampled softmax: over the batch's distinct next tokens, logits corrected by -log q_v
         const int C = model->config.channels, V = model->config.vocab_size;
         long predictions = 0;
+        int *candidate = (int *)calloc_or_die((size_t)V, sizeof(int), "candidates");
+        for (int b = 0; b < batch->B; b++) {
+            for (int t = 0; t + 1 < batch->lengths[b]; t++) { candidate[batch->tokens[b * batch->T + t + 1]] = 1; predictions++; }
+        }
         double *z = (double *)malloc_or_die((size_t)V * sizeof(double), "logits");
         for (int b = 0; b < batch->B; b++) {
             for (int t = 0; t + 1 < batch->lengths[b]; t++) {
@@ -558,14 +563,18 @@ static double loss_of_logits(const GPT2 *model, const Batch *batch) {
                 for (int v = 0; v < V; v++) {
                     z[v] = 0.0;
                     for (int i = 0; i < C; i++) { z[v] += (double)x[i] * model->params.wte[(size_t)v * C + i]; }
+                    if (model->sampled_softmax) {
+                        const double q = 1.0 - pow(1.0 - model->unigram[v], (double)predictions);
+                        z[v] = candidate[v] ? z[v] - log(q) : -INFINITY;
+                    }
                     max_z = fmax(max_z, z[v]);
                 }
                 for (int v = 0; v < V; v++) { sum += exp(z[v] - max_z); }
                 total += log(sum) + max_z - z[batch->tokens[b * batch->T + t + 1]];
-                predictions++;
             }
         }
         free(z);
+        free(candidate);
         return total / predictions;
     }
     for (int b = 0; b < batch->B; b++) {
@@ -634,9 +643,16 @@ static void check_gradient_accumulation(GPT2 *model, const Batch *batch, const D
 // gradient and difference must both be 0), and the derivative along the
 // whole gradient, d/ds L(w + s g/|g|) = |g|, which a wrong scale or sign in
 // any part of the tensor changes.
-static void selfcheck_gradients(int num_labels, float dropout_p) {
+static void selfcheck_gradients(int num_labels, float dropout_p, int sampled_softmax) {
     GPT2 model;
     selfcheck_model(&model, num_labels);
+    double unigram[64]; // token frequencies for the sampled softmax: uneven, some tiny
+    for (int v = 0; v < model.config.vocab_size; v++) { unigram[v] = (v % 7 == 0 ? 1e-6 : 1.0) / (1.0 + v); }
+    double total = 0.0;
+    for (int v = 0; v < model.config.vocab_size; v++) { total += unigram[v]; }
+    for (int v = 0; v < model.config.vocab_size; v++) { unigram[v] /= total; }
+    model.sampled_softmax = sampled_softmax;
+    model.unigram = unigram;
     enum { B = 3, T = 10 };
     int tokens[B * T], lengths[B] = {T, 6, 1}, labels[B] = {2, 0, 1};
     float targets[B] = {3.0f, 8.0f, 1.5f};
@@ -698,9 +714,9 @@ static void selfcheck_gradients(int num_labels, float dropout_p) {
             if (!(ratio <= worst)) { worst = ratio; worst_fd = fd; worst_g = analytic; }
         }
         char line[256];
-        snprintf(line, sizeof(line), "gradient  K=%d dropout %.1f d%-8s %d elements and |g| %.3e: worst %.3f of tol "
-                 "(central difference %.6e, backward %.6e)", num_labels, dropout_p, parameter_names[t], NUM_ELEMENTS,
-                 norm, worst, worst_fd, worst_g);
+        snprintf(line, sizeof(line), "gradient  K=%d%s dropout %.1f d%-8s %d elements and |g| %.3e: worst %.3f of tol "
+                 "(central difference %.6e, backward %.6e)", num_labels, sampled_softmax ? " sampled" : "", dropout_p,
+                 parameter_names[t], NUM_ELEMENTS, norm, worst, worst_fd, worst_g);
         report(worst <= 1.0, line);
         offset += n;
     }
@@ -728,7 +744,7 @@ static void selfcheck_language_model_head(void) {
     for (int i = 0; i < Vp * C; i++) { wte[i] = rng_normal(&rng); } // padding rows too: they must not matter
     for (int i = 0; i < N; i++) { targets[i] = (int)(rng_next(&rng) % V); }
     const float grad_scale = 0.5f;
-    const double loss = lm_head_forward_backward(dx, dwte, logits, x, targets, wte, N, C, V, Vp, grad_scale);
+    const double loss = lm_head_forward_backward(dx, dwte, logits, x, targets, wte, NULL, N, C, V, Vp, grad_scale);
     double ref_loss = 0.0;
     for (int i = 0; i < N; i++) {
         double z[V], max_z = -INFINITY, sum = 0.0;
@@ -839,8 +855,9 @@ static int selfcheck(void) {
     const int labels[3] = {3, 1, 0}; // classes, regression, language model
     const float dropouts[2] = {0.0f, 0.2f};
     for (int k = 0; k < 3; k++) {
-        for (int d = 0; d < 2; d++) { selfcheck_gradients(labels[k], dropouts[d]); }
+        for (int d = 0; d < 2; d++) { selfcheck_gradients(labels[k], dropouts[d], 0); }
     }
+    selfcheck_gradients(0, 0.0f, 1); // the language model with the sampled softmax
     gemm_workspace_release();
     printf("%d passed, %d failed\n", checks_passed, checks_failed);
     return checks_failed == 0 ? 0 : 1;

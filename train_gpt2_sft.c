@@ -778,6 +778,8 @@ float loss_forward_backward(float *dlogits, const float *logits, const int *labe
 // 5.0k / 5.5k / 6.3k tokens per second.
 // x (N,C); targets (N); logits (LM_CHUNK_ROWS, Vp) scratch; dx (N,C) and
 // dwte (Vp,C) overwritten, and only computed when grad_scale != 0.
+// logit_offsets (V), when not NULL, are added to the logits (for the sampled
+// softmax below; a constant shift leaves dz unchanged).
 // Returns the summed (not averaged) loss, in double.
 #define LM_CHUNK_ROWS 2048
 
@@ -812,7 +814,8 @@ double sum_of_floats(const float *x, int n) {
     return total;
 }
 double lm_head_forward_backward(float *dx, float *dwte, float *logits, const float *x, const int *targets,
-                                const float *wte, int N, int C, int V, int Vp, float grad_scale) {
+                                const float *wte, const float *logit_offsets, int N, int C, int V, int Vp,
+                                float grad_scale) {
     double *row_losses = (double *)malloc_or_die((size_t)LM_CHUNK_ROWS * sizeof(double), "row losses");
     const float scale = grad_scale / (float)N;
     double total = 0.0;
@@ -823,6 +826,7 @@ double lm_head_forward_backward(float *dx, float *dwte, float *logits, const flo
         #pragma omp parallel for schedule(static)
         for (int i = 0; i < rows; i++) {
             float *z = logits + (size_t)i * Vp;
+            if (logit_offsets != NULL) { for (int k = 0; k < V; k++) { z[k] += logit_offsets[k]; } }
             const float max_z = max_of_floats(z, V), target_z = z[targets[i0 + i]];
             for (int k = 0; k < V; k++) { z[k] = exp_fast(z[k] - max_z); } // z becomes exp(z - max)
             const double sum = sum_of_floats(z, V);
@@ -1006,6 +1010,8 @@ typedef struct {
     float *lm_dx;     // (B*T,C)   their gradients
     float *lm_logits; // (LM_CHUNK_ROWS,Vp)  one chunk of logits, then of their gradients
     float *lm_dwte;   // (Vp,C)    the head's part of dL/dwte, computed in the forward pass
+    float *lm_wsub;   // (B*T,C)   sampled softmax: the rows of wte of the candidates
+    float *lm_offsets; // (B*T)    sampled softmax: the candidates' logit corrections -log q
 } BackwardBuffers;
 
 typedef struct {
@@ -1028,6 +1034,12 @@ typedef struct {
     int *lm_targets;          // (B*T) a language model's next tokens, for the positions in lm_x
     int *lm_positions;        // (B*T) where in the batch (b*T + t) each of them is
     int lm_predictions;       // how many positions of the current batch have a next token
+    int sampled_softmax;      // 1: training passes use the sampled softmax (language_model_head_forward)
+    const double *unigram;    // (V) the tokens' frequencies in the training text, for the sampled softmax
+    int *lm_candidates;       // (B*T) the sampled softmax's candidate tokens, ascending
+    int *lm_column;           // (V) a token's place among the candidates, or -1
+    int *lm_candidate_targets; // (B*T) the next tokens as places among the candidates
+    int lm_num_candidates;    // of the last forward pass; 0: it used the full softmax
     int backward_ready;       // the last forward prepared the gradients gpt2_backward needs
     int B, T;                 // the current batch
     const int *tokens;        // (B,T) of the current batch
@@ -1078,7 +1090,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     // An upper bound of all the floats below; sizes are size_t, 32 bits on some hosts.
     const double c = cfg->channels, per_position = cfg->num_layers * (16 * c + (double)cfg->num_heads * T + 8) + 16 * c;
     const double floats = (double)B * T * (per_position + 4 * c) + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
-                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T) + (LM_CHUNK_ROWS + c) * (double)cfg->padded_vocab_size;
+                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T) + (LM_CHUNK_ROWS + c) * (double)cfg->padded_vocab_size + (double)B * T * (c + 1);
     if (floats * sizeof(float) > (double)SIZE_MAX) { fail("a batch of %d x %d tokens needs more memory than this machine can address", B, T); }
     size_t sizes[NUM_ACTIVATION_TENSORS];
     activation_sizes(sizes, *cfg, B, T);
@@ -1089,16 +1101,18 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     carve_activations(&model->acts, model->acts_memory, sizes);
     const size_t BT = (size_t)B * T, C = cfg->channels, K = cfg->num_labels;
     const size_t lm = is_language_model(cfg), Vp = cfg->padded_vocab_size;
-    enum { NUM_BUFFERS = 17 };
+    enum { NUM_BUFFERS = 19 };
     const size_t buf_sizes[NUM_BUFFERS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C,
                                            (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
                                            (lm ? BT : (size_t)B) * C, B * K, B * C, B * C, B * C,
-                                           lm * BT * C, lm * BT * C, lm * LM_CHUNK_ROWS * Vp, lm * Vp * C};
+                                           lm * BT * C, lm * BT * C, lm * LM_CHUNK_ROWS * Vp, lm * Vp * C,
+                                           lm * BT * C, lm * BT};
     float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
                                       &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.att_scratch,
                                       &model->bufs.dpooled, &model->bufs.dlogits, &model->bufs.dlast,
                                       &model->bufs.dlast_q, &model->bufs.dlast_ln1,
-                                      &model->bufs.lm_x, &model->bufs.lm_dx, &model->bufs.lm_logits, &model->bufs.lm_dwte};
+                                      &model->bufs.lm_x, &model->bufs.lm_dx, &model->bufs.lm_logits, &model->bufs.lm_dwte,
+                                      &model->bufs.lm_wsub, &model->bufs.lm_offsets};
     size_t buf_total = 0;
     for (int i = 0; i < NUM_BUFFERS; i++) { buf_total += buf_sizes[i]; }
     model->bufs_memory = (float *)malloc_or_die(buf_total * sizeof(float), "backward buffers");
@@ -1110,6 +1124,12 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     free(model->lm_positions);
     model->lm_targets = (int *)malloc_or_die(lm * BT * sizeof(int), "next tokens");
     model->lm_positions = (int *)malloc_or_die(lm * BT * sizeof(int), "positions with a next token");
+    free(model->lm_candidates);
+    free(model->lm_column);
+    free(model->lm_candidate_targets);
+    model->lm_candidates = (int *)malloc_or_die(lm * BT * sizeof(int), "sampled softmax candidates");
+    model->lm_column = (int *)malloc_or_die(lm * (size_t)cfg->vocab_size * sizeof(int), "sampled softmax columns");
+    model->lm_candidate_targets = (int *)malloc_or_die(lm * BT * sizeof(int), "sampled softmax targets");
     model->max_batch = B;
     model->max_seq = T;
     model->buffer_threads = max_threads();
@@ -1243,6 +1263,45 @@ void last_block_forward(GPT2 *model, const float *input) {
                             p.fcprojb + l * C, branch, B, 4 * C, C, drop.mlp);
 }
 
+// The sampled softmax (--softmax sampled) of a language model's training
+// passes: the softmax runs over the distinct next tokens of the batch, U,
+// instead of all V tokens, which cuts the head's work from N V C to N |U| C
+// (|U| is a few thousand for a batch of 4096 tokens). A token v of U stands
+// for the tokens left out: its logit is corrected by -log q_v, where
+//   q_v = 1 - (1 - p_v)^N
+// is the chance that v is among N tokens drawn with their frequencies p_v in
+// the training text; then the sampled softmax's gradient estimates the full
+// one's (Jean et al. 2015, "On Using Very Large Target Vocabulary for Neural
+// Machine Translation"; TensorFlow's sampled_softmax_loss). Only the rows of
+// wte in U get the head's gradient. Its loss is lower than the full
+// softmax's; evaluation (grad_scale 0) always uses the full softmax.
+// Fills the candidates (ascending), their wte rows, corrections and the
+// targets as places among them; returns |U|.
+int sampled_softmax_candidates(GPT2 *model) {
+    const GPT2Config *cfg = &model->config;
+    const int n = model->lm_predictions, C = cfg->channels;
+    BackwardBuffers d = model->bufs;
+    if (model->unigram == NULL) { fail("the sampled softmax needs the tokens' frequencies (model->unigram)"); }
+    for (int v = 0; v < cfg->vocab_size; v++) { model->lm_column[v] = -1; }
+    for (int i = 0; i < n; i++) { model->lm_column[model->lm_targets[i]] = 0; }
+    int U = 0;
+    for (int v = 0; v < cfg->vocab_size; v++) {
+        if (model->lm_column[v] < 0) { continue; }
+        model->lm_column[v] = U;
+        model->lm_candidates[U] = v;
+        const double p = model->unigram[v] > 0.0 ? model->unigram[v] : 1.0 / (double)n; // a token unseen in training
+        d.lm_offsets[U] = (float)-log(-expm1((double)n * log1p(-p)));
+        U++;
+    }
+    for (int i = 0; i < n; i++) { model->lm_candidate_targets[i] = model->lm_column[model->lm_targets[i]]; }
+    #pragma omp parallel for schedule(static)
+    for (int u = 0; u < U; u++) {
+        memcpy(d.lm_wsub + (size_t)u * C, model->params.wte + (size_t)model->lm_candidates[u] * C, (size_t)C * sizeof(float));
+    }
+    model->lm_num_candidates = U;
+    return U;
+}
+
 // The output of a language model: the final LayerNorm at every position,
 // then the tied head and the next-token loss at the positions that have a
 // next token (t < lengths[b] - 1), gathered into rows: padding costs nothing
@@ -1268,8 +1327,16 @@ void language_model_head_forward(GPT2 *model, float grad_scale) {
     for (int i = 0; i < n; i++) {
         memcpy(d.lm_x + (size_t)i * C, a.pooled + (size_t)model->lm_positions[i] * C, (size_t)C * sizeof(float));
     }
-    const double total = lm_head_forward_backward(d.lm_dx, d.lm_dwte, d.lm_logits, d.lm_x, model->lm_targets, p.wte,
-                                                  n, C, cfg->vocab_size, cfg->padded_vocab_size, grad_scale);
+    model->lm_num_candidates = 0;
+    double total;
+    if (model->sampled_softmax && grad_scale != 0.0f) {
+        const int U = sampled_softmax_candidates(model);
+        total = lm_head_forward_backward(d.lm_dx, d.lm_dwte, d.lm_logits, d.lm_x, model->lm_candidate_targets, d.lm_wsub,
+                                         d.lm_offsets, n, C, U, U, grad_scale);
+    } else {
+        total = lm_head_forward_backward(d.lm_dx, d.lm_dwte, d.lm_logits, d.lm_x, model->lm_targets, p.wte,
+                                         NULL, n, C, cfg->vocab_size, cfg->padded_vocab_size, grad_scale);
+    }
     model->loss = (float)(total / n);
 }
 
@@ -1434,8 +1501,16 @@ void language_model_head_backward(GPT2 *model) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     BackwardBuffers d = model->bufs;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) { g.wte[i] += d.lm_dwte[i]; }
+    if (model->lm_num_candidates > 0) { // sampled softmax: the candidates' rows
+        #pragma omp parallel for schedule(static)
+        for (int u = 0; u < model->lm_num_candidates; u++) {
+            float *row = g.wte + (size_t)model->lm_candidates[u] * C;
+            for (int i = 0; i < C; i++) { row[i] += d.lm_dwte[(size_t)u * C + i]; }
+        }
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) { g.wte[i] += d.lm_dwte[i]; }
+    }
     memset(d.dpooled, 0, BTC * sizeof(float));
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < model->lm_predictions; i++) {
@@ -1617,6 +1692,9 @@ void gpt2_free(GPT2 *model) {
     free(model->logits);
     free(model->lm_targets);
     free(model->lm_positions);
+    free(model->lm_candidates);
+    free(model->lm_column);
+    free(model->lm_candidate_targets);
     memset(model, 0, sizeof(*model));
 }
 
@@ -1934,6 +2012,20 @@ void token_stream_open(TokenStream *s, const Dataset *const *sets, int num_sets,
 }
 
 void token_stream_free(TokenStream *s) { free(s->doc_start); }
+
+// p (V): each token's share of the stream's tokens (for the sampled softmax).
+void token_frequencies(const TokenStream *s, double *p, int V) {
+    int64_t *counts = (int64_t *)calloc_or_die((size_t)V, sizeof(int64_t), "token counts");
+    for (int64_t doc = 0; doc < s->num_docs; doc++) {
+        int length;
+        const uint16_t *tokens = stream_document(s, doc, &length);
+        counts[END_OF_TEXT]++;
+        for (int t = 0; t < length; t++) { counts[tokens[t]]++; }
+    }
+    const double total = (double)s->doc_start[s->num_docs];
+    for (int v = 0; v < V; v++) { p[v] = counts[v] / total; }
+    free(counts);
+}
 
 // Copies row r of the stream (T tokens) into dst.
 void token_stream_row(const TokenStream *s, int64_t r, int *dst) {
@@ -3009,6 +3101,7 @@ typedef struct {
     int regression;           // --task regression: predict the star rating
     int language_model;       // --task lm: pretrain on the next-token loss
     int val_docs;             // --task lm: documents held out of the last --train set for validation
+    int sampled_softmax;      // --softmax sampled (--task lm)
     int max_len;
     Truncation truncation;
     int batch_size, grad_accum, epochs, max_steps;
@@ -3042,6 +3135,9 @@ void print_usage(void) {
         "  --test PATH             evaluation data [data/imdb/imdb_test.bin; not read by lm]\n"
         "  --val-docs N            lm: the last N documents of the last --train set are held out\n"
         "                          for the validation loss [1000]\n"
+        "  --softmax full|sampled  lm: training's softmax over all tokens, or over the batch's own next\n"
+        "                          tokens with a frequency correction (faster for small models;\n"
+        "                          evaluation always uses the full softmax) [full]\n"
         "  --max-len N             truncate to N tokens (lm: tokens per row), at most the model's\n"
         "                          positions [512, or the model's positions if fewer]\n"
         "  --truncation head|tail|head+tail   which part of a long text to keep [head]\n"
@@ -3121,6 +3217,10 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--train") == 0) { a->train_path = v; }
         else if (strcmp(flag, "--test") == 0) { a->test_path = v; }
         else if (strcmp(flag, "--val-docs") == 0) { a->val_docs = (int)parse_long(flag, v, 1, 100000000); }
+        else if (strcmp(flag, "--softmax") == 0) {
+            a->sampled_softmax = strcmp(v, "sampled") == 0;
+            if (!a->sampled_softmax && strcmp(v, "full") != 0) { fail("--softmax: '%s' is not full or sampled", v); }
+        }
         else if (strcmp(flag, "--max-len") == 0) { a->max_len = (int)parse_long(flag, v, 1, 1 << 20); }
         else if (strcmp(flag, "--truncation") == 0) {
             if (strcmp(v, "head") == 0) { a->truncation = TRUNCATE_HEAD; }
@@ -3160,6 +3260,7 @@ void parse_args(Args *a, int argc, char **argv) {
     if (a->epochs == 0) { a->epochs = lm ? 1 : 3; }
     if (a->opt.learning_rate < 0.0f) { a->opt.learning_rate = lm ? 6e-4f : 5e-5f; }
     if (a->dropout < 0.0f) { a->dropout = lm ? 0.0f : 0.1f; }
+    if (!lm && a->sampled_softmax) { fail("--softmax sampled is for --task lm"); }
     if (lm && a->predict_path != NULL) { fail("--predict needs a classifier; a language model (--task lm) has no labels to predict"); }
     if (a->predict_path != NULL && a->output_path == NULL) { fail("--predict needs --output FILE"); }
     if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
@@ -3508,6 +3609,14 @@ int pretrain(Args *args) {
     for (int k = 0; k < num_sets; k++) { all_docs += sets[k].num_examples; }
     token_stream_open(&train_rows, set_list, num_sets, 0, all_docs - args->val_docs, args->max_len);
     token_stream_open(&val_rows, set_list, num_sets, all_docs - args->val_docs, args->val_docs, args->max_len);
+    double *unigram = NULL;
+    if (args->sampled_softmax) {
+        unigram = (double *)malloc_or_die((size_t)model.config.vocab_size * sizeof(double), "token frequencies");
+        token_frequencies(&train_rows, unigram, model.config.vocab_size);
+        model.sampled_softmax = 1;
+        model.unigram = unigram;
+        printf("sampled softmax: over each batch's distinct next tokens, logits corrected by -log q\n");
+    }
     if (args->save_path == NULL) { printf("note: no --save PATH, so the pretrained model is not kept\n"); }
     if (args->save_path != NULL && dp_rank == 0) { check_save_path(args->save_path); }
     const TrainingData data = {NULL, NULL, &train_rows, &val_rows};
@@ -3521,6 +3630,7 @@ int pretrain(Args *args) {
     token_stream_free(&val_rows);
     for (int k = 0; k < num_sets; k++) { dataset_close(&sets[k]); }
     free(paths);
+    free(unigram);
     finish(&model);
     return 0;
 }

@@ -55,15 +55,25 @@ NUM_LABELS = 2
 PAD_TOKEN = 50256     # <|endoftext|>, as train_gpt2_sft pads
 
 
+def depth_shape(depth):
+    """(channels, heads) of the dN model of --init dN and bench_sft (depth_shape in train_gpt2_sft.c):
+    llm.c's widths for d24, d36 and d48, else 64N channels in N heads (d6: 384, d12: 768 = GPT-2 124M)."""
+    return {24: (1024, 16), 36: (1280, 20), 48: (1600, 25)}.get(depth, (64 * depth, depth))
+
+
+def block_forward_flops(C, n):
+    """Matmul FLOPs of one transformer block's forward pass over all n positions of a sequence
+    (2 per multiply-add): linear 2*(3C*C + C*C + 4C*C + 4C*C) per token (qkv, attention projection,
+    fc, fc projection); causal attention, QK^T and PV over the causal half, 2 * 2*C*n(n+1)/2."""
+    return 2 * 12 * C * C * n + 2 * C * n * (n + 1)
+
+
 def step_flops(depth, lengths, num_labels):
     """Matmul FLOPs of one training step on sequences of the given real lengths.
 
-    A dN model has N layers of C = 64N channels (gpt2_build_from_scratch).
+    A dN model has N layers of C channels (depth_shape).
     Forward, per sequence of n real tokens (2 FLOPs per multiply-add):
-      layers 0..L-2   linear: 2*(3C*C + C*C + 4C*C + 4C*C) per token (qkv,
-                      attention projection, fc, fc projection); attention
-                      causal: QK^T and PV over the causal half,
-                      2 * 2*C*n(n+1)/2
+      layers 0..L-2   block_forward_flops(C, n)
       last layer      keys and values at every token, 2*2C*C per token; the
                       query, attention projection and MLP at the last
                       position only, 2*(C*C + C*C + 8C*C); its attention,
@@ -71,10 +81,10 @@ def step_flops(depth, lengths, num_labels):
       head            2*K*C
     Backward = 2x forward (input and weight gradients), so a step is 3x forward.
     """
-    C = 64 * depth
+    C = depth_shape(depth)[0]
     forward = 0
     for n in lengths:
-        forward += (depth - 1) * (2 * 12 * C * C * n + 2 * C * n * (n + 1))
+        forward += (depth - 1) * block_forward_flops(C, n)
         forward += 2 * 2 * C * C * n + 2 * 10 * C * C + 2 * 2 * C * n
         forward += 2 * num_labels * C
     return 3 * forward
@@ -183,8 +193,8 @@ def reference_step(args):
     import torch
     sys.path.insert(0, HERE)
     import train_gpt2_sft as ref
-    # the shape of gpt2_build_from_scratch: dN = N layers, N heads, 64N channels
-    cfg = ref.GPT2Config(MAX_POSITIONS, ref.GPT2_VOCAB_SIZE, args.depth, args.depth, 64 * args.depth)
+    channels, heads = depth_shape(args.depth)  # the shape of gpt2_build_from_scratch
+    cfg = ref.GPT2Config(MAX_POSITIONS, ref.GPT2_VOCAB_SIZE, args.depth, heads, channels)
     model = ref.GPT2ForSequenceClassification(cfg, NUM_LABELS, dtype=torch.float32)
     model.load(ref.random_params(cfg, 1, plain=True), ref.random_head(NUM_LABELS, cfg.channels, 1))
     opt, sched = ref.make_optimizer(model, 5e-5, (0.9, 0.999), 1e-8, 0.01, 0, 1000)
@@ -199,14 +209,16 @@ def reference_step(args):
     return step
 
 
-def plain_step(args):
-    """The training step of a GPT-2 classifier written the usual way, same shapes as the reference.
-    Defined here rather than at module level so that only the worker process imports torch."""
+def plain_trunk(depth):
+    """A GPT-2 trunk written the usual way, float32: nn.Embedding wte (50257 rows) and wpe, `depth` blocks
+    of nn.LayerNorm, nn.Linear, masked_fill + softmax causal attention and tanh GELU, then ln_f; its
+    forward maps tokens (B, T) to the final hidden states (B, T, C). A function, so that only the
+    worker processes import torch."""
     import torch
     import torch.nn.functional as F
     from torch import nn
-    depth, C = args.depth, 64 * args.depth
-    head_size = C // depth
+    C, heads = depth_shape(depth)
+    head_size = C // heads
 
     class Block(nn.Module):
         def __init__(self):
@@ -217,28 +229,44 @@ def plain_step(args):
 
         def forward(self, x, future):
             B, T, _ = x.shape
-            q, k, v = (t.view(B, T, depth, head_size).transpose(1, 2) for t in self.c_attn(self.ln_1(x)).split(C, 2))
+            q, k, v = (t.view(B, T, heads, head_size).transpose(1, 2) for t in self.c_attn(self.ln_1(x)).split(C, 2))
             att = (q @ k.transpose(-2, -1)) / math.sqrt(head_size)
             att = att.masked_fill(future[:T, :T], float("-inf")).softmax(dim=-1)
             x = x + self.c_proj((att @ v).transpose(1, 2).reshape(B, T, C))
             return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
-    class Classifier(nn.Module):
+    class Trunk(nn.Module):
         def __init__(self):
             super().__init__()
             self.wte, self.wpe = nn.Embedding(50257, C), nn.Embedding(MAX_POSITIONS, C)
             self.blocks = nn.ModuleList(Block() for _ in range(depth))
             self.ln_f = nn.LayerNorm(C)
-            self.score = nn.Linear(C, NUM_LABELS, bias=False)
             self.register_buffer("future", torch.ones(MAX_POSITIONS, MAX_POSITIONS, dtype=torch.bool).triu(1))
 
-        def forward(self, tokens, lengths):
-            B, T = tokens.shape
-            x = self.wte(tokens) + self.wpe(torch.arange(T))
+        def forward(self, tokens):
+            x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1]))
             for block in self.blocks:
                 x = block(x, self.future)
-            x = self.ln_f(x)
-            return self.score(x[torch.arange(B), lengths - 1])  # pooled at each last real token
+            return self.ln_f(x)
+
+    return Trunk()
+
+
+def plain_step(args):
+    """The training step of a GPT-2 classifier written the usual way (plain_trunk), same shapes as the reference."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = plain_trunk(args.depth)
+            self.score = nn.Linear(depth_shape(args.depth)[0], NUM_LABELS, bias=False)
+
+        def forward(self, tokens, lengths):
+            x = self.trunk(tokens)
+            return self.score(x[torch.arange(tokens.shape[0]), lengths - 1])  # pooled at each last real token
 
     torch.manual_seed(1)
     model = Classifier()
@@ -291,10 +319,27 @@ def torch_worker(args):
           f"peak_rss_mib {rss:.0f}")
 
 
-def run_torch(args, program):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
-               OPENBLAS_CORETYPE=args.coretype)
+def torch_env(threads, coretype):
+    """The environment of a PyTorch worker: its OpenMP and OpenBLAS threads, and the OpenBLAS kernel
+    (OPENBLAS_CORETYPE: 0.3.21 picks slow SSE3 kernels on this CPU unless told)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               OPENBLAS_CORETYPE=coretype)
     env.pop("OPENBLAS_L2_SIZE", None)
+    return env
+
+
+def print_machine(threads):
+    """Measures the FMA peak on `threads` threads (machine_peak) and prints the build, flags and peak
+    lines; returns (peak GFLOP/s, ISA)."""
+    build, peak_line, peak, isa = machine_peak(threads)
+    print(build)
+    print("flags: " + build_flags())
+    print(peak_line)
+    return peak, isa
+
+
+def run_torch(args, program):
+    env = torch_env(args.threads, args.coretype)
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", program] + sys.argv[1:]
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     print(f"PyTorch {program} " + next(line for line in out.splitlines() if line.startswith("blas:")))
@@ -323,10 +368,7 @@ def main():
                                             else f"T={args.T}, random tokens")
     print(f"training step (forward + backward + clip + AdamW), {what}, {args.threads} threads")
     subprocess.run(["make", "-s", "build/bench_sft"], cwd=ROOT, check=True)
-    build, peak_line, peak, isa = machine_peak(args.threads)
-    print(build)
-    print("flags: " + build_flags())
-    print(peak_line)
+    peak, isa = print_machine(args.threads)
     lengths = timed_lengths(args)
     flops = sum(step_flops(args.depth, batch, NUM_LABELS) for batch in lengths) / args.steps
     print(f"model FLOPs per step {flops:.4g}: matmuls only (2 per multiply-add), forward + backward (= 3x forward), "

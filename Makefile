@@ -130,26 +130,39 @@ fuzz:
 
 # The main job. Data: $IMDB_ARCHIVE, else ../shared/data/aclImdb_v1.tar.gz, else
 # a download (prepro_imdb.py decides). Model: gpt2_124M.bin if present (llm.c's
-# checkpoint, see README), else a 1-layer GPT-2 from scratch. Output: the
-# fine-tuned model, its training log, and the final evaluation on the 25,000
-# test reviews.
-IMDB = data/imdb/imdb_train.bin data/imdb/imdb_test.bin
+# checkpoint, see README) is fine-tuned. Without it, both stages run here:
+# stage 1 pretrains a small GPT-2 on the texts of IMDB's train and unlabelled
+# reviews (next-token loss) and keeps it in build/imdb_lm_d2.bin, so a second
+# `make run` only fine-tunes; stage 2 fine-tunes it on the labelled reviews.
+# Output: the fine-tuned model, the training logs, and the final evaluation
+# on the 25,000 test reviews.
+IMDB = data/imdb/imdb_train.bin data/imdb/imdb_test.bin data/imdb/imdb_unsup.bin
 RUN_PRETRAINED = -m gpt2_124M.bin --max-len 256 --truncation head+tail --epochs 1 --batch-size 8 --lr 5e-5 \
                  --warmup-ratio 0.06 --weight-decay 0.01 --eval-every 500 --eval-examples 500 --log-every 20
-RUN_SCRATCH = --init d1 --max-len 1024 --truncation head+tail --epochs 1 --batch-size 32 --lr 3e-3 \
-              --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 100 --eval-examples 1000 --log-every 25
+PRETRAIN = --task lm --init d2 --max-len 1024 --batch-size 4 --max-steps 4000 --lr 1e-3 --warmup-steps 100 \
+           --weight-decay 0.1 --softmax sampled --log-every 100 --eval-every 1000 --eval-examples 100
+FINETUNE = -m build/imdb_lm_d2.bin --max-len 1024 --truncation head+tail --epochs 1 --batch-size 32 --lr 1e-3 \
+           --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 100 --eval-examples 1000 --log-every 25
 $(IMDB):
 	$(PYTHON) prepro_imdb.py --out-dir data/imdb
 
+# stage 1, written under a temporary name until it is complete
+build/imdb_lm_d2.bin: | train_gpt2_sft $(IMDB)
+	@mkdir -p build
+	@echo "stage 1: pretraining a small GPT-2 (d2) on the texts of IMDB's train and unlabelled reviews"
+	@set -o pipefail; ./train_gpt2_sft $(PRETRAIN) --save $@.partial | tee build/pretrain.log
+	@mv $@.partial $@
+
+ifeq ($(wildcard gpt2_124M.bin),)
+run: train_gpt2_sft $(IMDB) build/imdb_lm_d2.bin
+	@echo "stage 2: fine-tuning build/imdb_lm_d2.bin on the 25,000 labelled training reviews"
+	@set -o pipefail; ./train_gpt2_sft $(FINETUNE) --save build/imdb_d2_sft.bin | tee build/run.log
+else
 run: train_gpt2_sft $(IMDB)
 	@mkdir -p build
-	@set -o pipefail; if [ -f gpt2_124M.bin ]; then \
-	    echo "fine-tuning the pretrained gpt2_124M.bin"; \
-	    ./train_gpt2_sft $(RUN_PRETRAINED) --save build/imdb_gpt2_124M_sft.bin | tee build/run.log; \
-	else \
-	    echo "no gpt2_124M.bin: training a small GPT-2 (d1) from scratch"; \
-	    ./train_gpt2_sft $(RUN_SCRATCH) --save build/imdb_d1_sft.bin | tee build/run.log; \
-	fi
+	@echo "fine-tuning the pretrained gpt2_124M.bin"
+	@set -o pipefail; ./train_gpt2_sft $(RUN_PRETRAINED) --save build/imdb_gpt2_124M_sft.bin | tee build/run.log
+endif
 
 clean:
 	rm -f train_gpt2_sft test_sft

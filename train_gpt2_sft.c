@@ -1008,7 +1008,7 @@ typedef struct {
     // a language model's head (lm_head_forward_backward), empty for a classifier:
     float *lm_x;      // (B*T,C)   the final hidden states of the positions that have a next token
     float *lm_dx;     // (B*T,C)   their gradients
-    float *lm_logits; // (LM_CHUNK_ROWS,Vp)  one chunk of logits, then of their gradients
+    float *lm_logits; // (min(B*T, LM_CHUNK_ROWS),Vp)  one chunk of logits, then of their gradients
     float *lm_dwte;   // (Vp,C)    the head's part of dL/dwte, computed in the forward pass
     float *lm_wsub;   // (B*T,C)   sampled softmax: the rows of wte of the candidates
     float *lm_offsets; // (B*T)    sampled softmax: the candidates' logit corrections -log q
@@ -1105,7 +1105,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     const size_t buf_sizes[NUM_BUFFERS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C,
                                            (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
                                            (lm ? BT : (size_t)B) * C, B * K, B * C, B * C, B * C,
-                                           lm * BT * C, lm * BT * C, lm * LM_CHUNK_ROWS * Vp, lm * Vp * C,
+                                           lm * BT * C, lm * BT * C, lm * (BT < LM_CHUNK_ROWS ? BT : LM_CHUNK_ROWS) * Vp, lm * Vp * C,
                                            lm * BT * C, lm * BT};
     float **buf_slots[NUM_BUFFERS] = {&model->bufs.dresidual, &model->bufs.dln, &model->bufs.datty, &model->bufs.dqkv,
                                       &model->bufs.dfch, &model->bufs.gelu, &model->bufs.branch, &model->bufs.att_scratch,

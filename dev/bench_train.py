@@ -18,7 +18,7 @@ memory and the speed ratio of C against the faster PyTorch.
     /usr/bin/python3 dev/bench_train.py -T 512 --data data/imdb/imdb_train.bin
                                         # real IMDB batches grouped by length, max-len 512
     /usr/bin/python3 dev/bench_train.py --model run --data data/imdb/imdb_train.bin
-                                        # `make run`'s from-scratch model (Makefile RUN_SCRATCH)
+                                        # `make run`'s fine-tuned model (Makefile PRETRAIN, FINETUNE)
 
 MFU (model FLOPs utilization) = the FLOPs the step needs / its time / the
 machine's peak. The peak is measured first by `build/bench_sft peak` on the
@@ -91,13 +91,16 @@ def step_flops(depth, lengths, num_labels):
 
 
 def make_run_shape():
-    """Depth, max-len and batch size of `make run`'s from-scratch model, read
-    from the Makefile's RUN_SCRATCH so that this benchmark follows it."""
+    """Depth, max-len and batch size of `make run`'s fine-tuning (stage 2),
+    read from the Makefile so that this benchmark follows it: the depth of the
+    model PRETRAIN makes, max-len and batch size of FINETUNE."""
     with open(os.path.join(ROOT, "Makefile")) as f:
         text = f.read().replace("\\\n", " ")
-    flags = re.search(r"^RUN_SCRATCH\s*=(.*)$", text, re.M).group(1)
-    return tuple(int(re.search(pattern, flags).group(1))
-                 for pattern in (r"--init\s+d(\d+)", r"--max-len\s+(\d+)", r"--batch-size\s+(\d+)"))
+    def flags(name):
+        return re.search(r"^%s\s*=(.*)$" % name, text, re.M).group(1)
+    depth = int(re.search(r"--init\s+d(\d+)", flags("PRETRAIN")).group(1))
+    return (depth,) + tuple(int(re.search(pattern, flags("FINETUNE")).group(1))
+                            for pattern in (r"--max-len\s+(\d+)", r"--batch-size\s+(\d+)"))
 
 
 def resolve_shape(args):
@@ -350,7 +353,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=("124M", "run"), default="124M",
                     help="124M: GPT-2 d12, B=8, T=256; run: `make run`'s from-scratch model, its depth, max-len "
-                         "and batch size from the Makefile's RUN_SCRATCH (--depth, -B, -T override)")
+                         "and batch size from the Makefile's PRETRAIN and FINETUNE (--depth, -B, -T override)")
     ap.add_argument("--depth", type=int, help="dN model, d12 = GPT-2 124M")
     ap.add_argument("-B", type=int, help="batch size")
     ap.add_argument("-T", type=int, help="sequence length (max-len with --data)")

@@ -12,7 +12,12 @@
 - --predict writes one row per example whose probabilities sum to 1, and a
   reloaded fine-tuned checkpoint predicts the same as the run that saved it;
 - training on a learnable toy task lowers the loss and ends with the
-  "final eval:" line that scripts read.
+  "final eval:" line that scripts read;
+- pretraining (--task lm): resume and thread counts are exact as above, the
+  saved model is an llm.c checkpoint (magic, step, moments) that fine-tuning
+  reads with -m, the loss falls on a predictable text, the sampled softmax
+  trains differently from the full one, and LM-only flags are refused
+  elsewhere.
 Ends with "N passed, N failed"; exit status 1 on any failure.
 """
 import argparse
@@ -20,8 +25,10 @@ import csv
 import filecmp
 import math
 import os
+import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -115,8 +122,71 @@ def main():
     check("training lowers the loss on a learnable task", rc == 0 and len(losses) >= 2 and losses[-1] < losses[0],
           f"losses {losses} {err}")
     check("ends with 'final eval: examples N loss L accuracy A'", final is not None and final.group(1) == "40", out[-300:])
+    check_language_model(binary, model, train, test, p)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
+
+
+def check_language_model(binary, model, train, test, p):
+    # a predictable text: each document cycles through 8 tokens from a random phase
+    rng = random.Random(5)
+    cycle = [1000 + 37 * i for i in range(8)]
+    docs = []
+    for _ in range(60):
+        phase = rng.randrange(8)
+        docs.append(([cycle[(phase + i) % 8] for i in range(rng.randint(5, 30))], -1, 0))
+    text = p("text.bin")
+    with open(text, "wb") as f:
+        f.write(files.dataset_bytes(docs, num_labels=0))
+    lm = ["--task", "lm", "-m", model, "--train", f"{train},{text}", "--val-docs", "10", "--max-len", "16",
+          "--batch-size", "4", "--grad-accum", "2", "--max-steps", "10", "--warmup-steps", "2", "--lr", "3e-3",
+          "--weight-decay", "0.1", "--dropout", "0.1", "--log-every", "5", "--eval-every", "5", "--eval-examples", "4"]
+    rc, out, err = run(binary, lm + ["--save", p("lm.bin")])
+    final = re.search(r"^final eval: rows (\d+) loss ([\d.]+) perplexity ([\d.]+)$", out, re.M)
+    check("--task lm: 10 steps end with 'final eval: rows N loss L perplexity P'", rc == 0 and final is not None,
+          err + out[-300:])
+    header = open(p("lm.bin"), "rb").read(64) if os.path.exists(p("lm.bin")) else b""
+    slots = struct.unpack("<16i", header) if len(header) == 64 else ()
+    n = sum(files.tensor_sizes(files.Config(L=2, H=2, C=32, max_t=32)))
+    check("--task lm saves an llm.c checkpoint: magic, version, step 10, moments, exact size",
+          slots[:2] == (20240326, 3) and slots[9] == 10 and slots[10] == 1 and
+          os.path.getsize(p("lm.bin")) == 1024 + 12 * n, str(slots))
+    rc1, _, err1 = run(binary, lm + ["--save", p("lm_half.bin"), "--stop-at-step", "5"])
+    rc2, out2, err2 = run(binary, lm + ["--resume", p("lm_half.bin"), "--save", p("lm_half.bin")])
+    check("--task lm: 5 steps, --resume, 5 more is byte-identical to 10", rc1 == 0 and rc2 == 0 and
+          os.path.exists(p("lm_half.bin")) and filecmp.cmp(p("lm.bin"), p("lm_half.bin"), shallow=False), err1 + err2)
+    rc, _, err = run(binary, lm + ["--save", p("lm_one_thread.bin")], threads=1)
+    check("--task lm: 1 thread gives the same checkpoint", rc == 0 and
+          filecmp.cmp(p("lm.bin"), p("lm_one_thread.bin"), shallow=False), err)
+    rc, out, err = run(binary, ["-m", p("lm.bin"), "--train", train, "--test", test, "--max-len", "16",
+                                "--batch-size", "4", "--max-steps", "3"])
+    check("the pretrained model fine-tunes with -m (a new head)", rc == 0 and "final eval: examples" in out, err)
+    rc, _, err = run(binary, ["-m", model, "--train", train, "--test", test, "--max-len", "16", "--batch-size", "4",
+                              "--max-steps", "10", "--resume", p("lm_half.bin")])
+    check("a classifier refuses to resume a language-model run", rc != 0 and "language-model run" in err, err)
+
+    text_only = ["--task", "lm", "-m", model, "--train", text, "--val-docs", "10", "--max-len", "16", "--batch-size", "8"]
+    learn = text_only + ["--max-steps", "60", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "60"]
+    rc0, out0, _ = run(binary, text_only + ["--max-steps", "1", "--lr", "0"])  # the untrained model's loss
+    before = re.search(r"^final eval: rows \d+ loss ([\d.]+)", out0, re.M)
+    rc, out, err = run(binary, learn + ["--save", p("lm_full.bin")])
+    after = re.search(r"^final eval: rows \d+ loss ([\d.]+)", out, re.M)
+    check("--task lm: the validation loss falls on a predictable text", rc0 == 0 and rc == 0 and before and after and
+          float(after.group(1)) < float(before.group(1)) - 1.0,
+          f"{before.group(0) if before else None} -> {after.group(0) if after else None} {err}")
+    rc, out, err = run(binary, learn + ["--softmax", "sampled", "--save", p("lm_sampled.bin")])
+    sampled = re.search(r"^final eval: rows \d+ loss ([\d.]+)", out, re.M)
+    check("--softmax sampled: trains, lowers the validation loss, to another model than the full softmax",
+          rc == 0 and sampled and before and float(sampled.group(1)) < float(before.group(1)) - 1.0 and
+          not filecmp.cmp(p("lm_full.bin"), p("lm_sampled.bin"), shallow=False),
+          f"{sampled.group(0) if sampled else None} {err}")
+    for flags, message in ((["--softmax", "sampled", "-m", model, "--train", train, "--test", test], "--softmax sampled is for --task lm"),
+                           (["--task", "lm", "-m", model, "--predict", test, "--output", p("x.csv")], "--predict needs a classifier"),
+                           (["--task", "lm", "-m", model, "--train", text, "--val-docs", "60"], "--val-docs 60"),
+                           (["--task", "lm", "-m", model, "--train", text, "--val-docs", "10", "--max-len", "1"], "at least 2 tokens")):
+        rc, _, err = run(binary, flags)
+        check(f"refused with a one-line error: {' '.join(flags[:2])} ... ({message})",
+              rc != 0 and message in err and err.count("\n") == 1, err)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Data parallelism on one machine: 2 MPI ranks x 1 thread against 1 process
 x 2 threads (and x 1 thread), the same training steps of the same global batch.
 
-    python3 dev/bench_mpi.py --model small          # make run's model: d1, max-len 1024, batch 32
+    python3 dev/bench_mpi.py --model small          # the from-scratch d1 classifier, max-len 1024, batch 32
     python3 dev/bench_mpi.py --model 124m --steps 4 # GPT-2 124M shapes, max-len 512, batch 8
 
 Each configuration trains from scratch on the IMDB training data (made with

@@ -760,29 +760,6 @@ float loss_forward_backward(float *dlogits, const float *logits, const int *labe
     return (float)(total / B);
 }
 
-// The language-model head and its loss, for pretraining (--task lm). GPT-2
-// predicts the next token with the token embedding matrix itself (weight
-// tying): the logits of a position are its final hidden state x (C) against
-// every row of wte,
-//   z = x . wte^T  (Vp),  of which the first V columns are real tokens;
-//   loss = -(1/N) sum_i log softmax(z_i[0..V))[y_i]
-// over the N positions that have a next token y_i. As for the classifier,
-//   dz_i = (softmax(z_i) - onehot(y_i)) / N     (0 in the padding columns)
-//   dx = dz . wte;   dwte += dz^T . x
-// The (N,Vp) logits would take 200 KB per position with GPT-2's vocabulary,
-// so they are computed LM_CHUNK_ROWS positions at a time (412 MB for 50304
-// columns) and turned into gradients at once: the forward pass of this layer
-// already runs its backward, which gpt2_backward then only adds in. Each
-// chunk packs wte anew for the matrix products, so larger chunks run faster
-// where C is small: measured on d2 (C = 128), 256 / 1024 / 2048 rows gave
-// 5.0k / 5.5k / 6.3k tokens per second.
-// x (N,C); targets (N); logits (LM_CHUNK_ROWS, Vp) scratch; dx (N,C) and
-// dwte (Vp,C) overwritten, and only computed when grad_scale != 0.
-// logit_offsets (V), when not NULL, are added to the logits (for the sampled
-// softmax below; a constant shift leaves dz unchanged).
-// Returns the summed (not averaged) loss, in double.
-#define LM_CHUNK_ROWS 2048
-
 // The largest of n floats. Sixteen running maxima, so the loop vectorizes.
 float max_of_floats(const float *x, int n) {
     float lanes[16];
@@ -813,6 +790,29 @@ double sum_of_floats(const float *x, int n) {
     }
     return total;
 }
+
+// The language-model head and its loss, for pretraining (--task lm). GPT-2
+// predicts the next token with the token embedding matrix itself (weight
+// tying): the logits of a position are its final hidden state x (C) against
+// every row of wte,
+//   z = x . wte^T  (Vp),  of which the first V columns are real tokens;
+//   loss = -(1/N) sum_i log softmax(z_i[0..V))[y_i]
+// over the N positions that have a next token y_i. As for the classifier,
+//   dz_i = (softmax(z_i) - onehot(y_i)) / N     (0 in the padding columns)
+//   dx = dz . wte;   dwte += dz^T . x
+// The (N,Vp) logits would take 200 KB per position with GPT-2's vocabulary,
+// so they are computed LM_CHUNK_ROWS positions at a time (412 MB for 50304
+// columns) and turned into gradients at once: the forward pass of this layer
+// already runs its backward, which gpt2_backward then only adds in. Each
+// chunk packs wte anew for the matrix products, so larger chunks run faster
+// where C is small: measured on d2 (C = 128), 256 / 1024 / 2048 rows gave
+// 5.0k / 5.5k / 6.3k tokens per second.
+// x (N,C); targets (N); logits (LM_CHUNK_ROWS, Vp) scratch; dx (N,C) and
+// dwte (Vp,C) overwritten, and only computed when grad_scale != 0.
+// logit_offsets (V), when not NULL, are added to the logits (for the sampled
+// softmax below; a constant shift leaves dz unchanged).
+// Returns the summed (not averaged) loss, in double.
+#define LM_CHUNK_ROWS 2048
 double lm_head_forward_backward(float *dx, float *dwte, float *logits, const float *x, const int *targets,
                                 const float *wte, const float *logit_offsets, int N, int C, int V, int Vp,
                                 float grad_scale) {
@@ -1908,10 +1908,6 @@ void batch_free(Batch *batch) {
     free(batch->tokens); free(batch->lengths); free(batch->labels); free(batch->targets);
 }
 
-// Length grouping, like Hugging Face's group_by_length: shuffle, cut into
-// mega-batches of 50 batches, sort each by length so a batch holds sequences
-// of similar length (little padding), then shuffle the order of the batches.
-// order (N) receives example indices; batches are consecutive runs of B.
 // order (N) = a random permutation of 0..N-1 (Fisher-Yates), from *state.
 void shuffled_indices(int64_t *order, int64_t N, uint64_t *state) {
     for (int64_t i = 0; i < N; i++) { order[i] = i; }
@@ -1921,8 +1917,13 @@ void shuffled_indices(int64_t *order, int64_t N, uint64_t *state) {
     }
 }
 
+// The random state of epoch `epoch` of a run seeded with `seed`.
 uint64_t epoch_seed(uint64_t seed, int epoch) { return rng_seed(seed * 1000003ULL + (uint64_t)epoch); }
 
+// Length grouping, like Hugging Face's group_by_length: shuffle, cut into
+// mega-batches of 50 batches, sort each by length so a batch holds sequences
+// of similar length (little padding), then shuffle the order of the batches.
+// order (N) receives example indices; batches are consecutive runs of B.
 void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t seed, int epoch) {
     const int64_t N = d->num_examples;
     uint64_t state = epoch_seed(seed, epoch);
@@ -1959,7 +1960,6 @@ void epoch_order(int64_t *order, const Dataset *d, int B, int max_len, uint64_t 
 
 typedef struct {
     const Dataset *sets[MAX_STREAM_SETS];
-    int num_sets;
     int64_t set_first[MAX_STREAM_SETS + 1]; // index of each set's first document among all the sets'
     int64_t first_doc, num_docs;            // the stream: documents first_doc.. of them
     int64_t *doc_start;                     // (num_docs + 1) where each document begins in the stream
@@ -1979,13 +1979,12 @@ const uint16_t *stream_document(const TokenStream *s, int64_t doc, int *length) 
 }
 
 // The stream of documents first_doc .. first_doc + num_docs - 1 of the sets
-// taken in order; num_docs < 0: all from first_doc on.
+// taken in order.
 void token_stream_open(TokenStream *s, const Dataset *const *sets, int num_sets, int64_t first_doc,
                        int64_t num_docs, int T) {
     memset(s, 0, sizeof(*s));
     if (num_sets < 1 || num_sets > MAX_STREAM_SETS) { fail("a language model reads 1..%d datasets, not %d", MAX_STREAM_SETS, num_sets); }
     if (T < 2) { fail("--max-len %d: a language model's rows need at least 2 tokens", T); }
-    s->num_sets = num_sets;
     for (int k = 0; k < num_sets; k++) {
         s->sets[k] = sets[k];
         s->set_first[k + 1] = s->set_first[k] + sets[k]->num_examples;
@@ -1995,7 +1994,6 @@ void token_stream_open(TokenStream *s, const Dataset *const *sets, int num_sets,
         }
     }
     const int64_t total = s->set_first[num_sets];
-    if (num_docs < 0) { num_docs = total - first_doc; }
     if (first_doc < 0 || num_docs < 1 || first_doc + num_docs > total) { fail("no documents for the language model's stream"); }
     s->first_doc = first_doc;
     s->num_docs = num_docs;
@@ -3190,7 +3188,7 @@ void parse_args(Args *a, int argc, char **argv) {
     a->val_docs = 1000;
     a->max_len = 0; // 512, or the model's positions when fewer (set in main)
     a->truncation = TRUNCATE_HEAD;
-    a->batch_size = 8; a->grad_accum = 1; a->epochs = 0; // 0, -1: not given, set by task at the end
+    a->batch_size = 8; a->grad_accum = 1; a->epochs = 0; // 0 and -1 below: not given, set by task at the end
     a->opt.learning_rate = -1.0f; a->opt.beta1 = 0.9f; a->opt.beta2 = 0.999f; a->opt.eps = 1e-8f;
     a->opt.max_grad_norm = 1.0f;
     a->seed = 1337;
@@ -3561,6 +3559,7 @@ void build_model(GPT2 *model, const Args *args, int num_labels) {
     printf("config: layers %d, heads %d, channels %d, positions %d, vocabulary %d, %s %d, parameters %.2fM\n",
            cfg->num_layers, cfg->num_heads, cfg->channels, cfg->max_seq_len, cfg->vocab_size,
            is_language_model(cfg) ? "language model, labels" : "labels", cfg->num_labels, model->num_parameters / 1e6);
+    if (args->regression && cfg->num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", cfg->num_labels); }
 }
 
 // --max-len: 512 by default, or the model's positions when fewer.
@@ -3640,8 +3639,6 @@ int predict(Args *args) {
     GPT2 model;
     build_model(&model, args, args->regression ? 1 : (args->num_labels ? args->num_labels : LABELS_OF_FILE));
     settle_max_len(args, &model.config);
-    if (is_language_model(&model.config)) { fail("--predict needs a classifier"); }
-    if (args->regression && model.config.num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", model.config.num_labels); }
     Dataset d;
     dataset_open(&d, args->predict_path, model.config.vocab_size);
     write_predictions(&model, &d, args);
@@ -3667,7 +3664,6 @@ int fine_tune(Args *args) {
     build_model(&model, args, num_labels);
     const GPT2Config *cfg = &model.config;
     settle_max_len(args, cfg);
-    if (args->regression && cfg->num_labels != 1) { fail("--task regression needs a model with one output, this one has %d", cfg->num_labels); }
     dataset_open(&test_set, args->test_path, cfg->vocab_size);
     if (!args->regression && (test_set.num_labels < 1 || test_set.num_labels > cfg->num_labels)) {
         fail("%s: the data has %d labels; evaluating needs labels 0..%d of the model", args->test_path,

@@ -357,6 +357,17 @@ def export_checks(R, args, ckpt, folder, K, names, preds_csv, token_lists, max_l
     return conf
 
 
+def padded_inputs(lists):
+    """Token lists as Hugging Face model inputs: right-padded with EOT, with the attention mask."""
+    T = max(len(x) for x in lists)
+    ids = torch.full((len(lists), T), EOT_ID, dtype=torch.int64)
+    mask = torch.zeros((len(lists), T), dtype=torch.int64)
+    for b, x in enumerate(lists):
+        ids[b, :len(x)] = torch.tensor(list(x))
+        mask[b, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def transformers_check(R, folder, lists, logits, what):
     try:
         import transformers  # noqa: F401
@@ -365,14 +376,8 @@ def transformers_check(R, folder, lists, logits, what):
         return
     from transformers import GPT2ForSequenceClassification
     model = GPT2ForSequenceClassification.from_pretrained(folder, torch_dtype=torch.float64).eval()
-    T = max(len(x) for x in lists)
-    ids = torch.full((len(lists), T), EOT_ID, dtype=torch.int64)
-    mask = torch.zeros((len(lists), T), dtype=torch.int64)
-    for b, x in enumerate(lists):
-        ids[b, :len(x)] = torch.tensor(list(x))
-        mask[b, :len(x)] = 1
     with torch.no_grad():
-        hf = model(input_ids=ids, attention_mask=mask).logits
+        hf = model(**padded_inputs(lists)).logits
     diff = float((hf - logits).abs().max())
     R.check(f"{what}: transformers {transformers.__version__} from_pretrained logits == reference",
             diff < 1e-9, f"max |dlogit| {diff:.2e}")
@@ -548,14 +553,8 @@ def lm_checks(R, args, out, cfg, base):
         return
     from transformers import GPT2LMHeadModel
     model = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64).eval()
-    T = max(len(x) for x in lists)
-    ids = torch.full((len(lists), T), EOT_ID, dtype=torch.int64)
-    mask = torch.zeros((len(lists), T), dtype=torch.int64)
-    for b, x in enumerate(lists):
-        ids[b, :len(x)] = torch.tensor(x)
-        mask[b, :len(x)] = 1
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(**padded_inputs(lists)).logits
     theirs = torch.cat([logits[b, :len(x)] for b, x in enumerate(lists)])
     diff = float((theirs - mine).abs().max())
     R.check(f"LM: transformers {transformers.__version__} GPT2LMHeadModel.from_pretrained logits == tied logits "

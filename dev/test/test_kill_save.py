@@ -183,7 +183,11 @@ def main():
                 except subprocess.TimeoutExpired:
                     problems.append("mpirun did not end within 60 s of the kill of rank %d (a hang)" % victim)
                     proc.terminate()
-                    rc = proc.wait()
+                    try:
+                        rc = proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:  # it ignored SIGTERM too: it must not hang the suite
+                        proc.kill()
+                        rc = proc.wait()
             else:
                 rc = early_exit
         with open(log_path, "r", errors="replace") as f:

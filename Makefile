@@ -102,9 +102,12 @@ test-c: all reference
 # MPI: N ranks give one process's results (dev/test/test_mpi.py, which also
 # checks failing ranks), and a rank killed mid-run leaves the checkpoint intact.
 # mpirun runs 2 ranks, --oversubscribe (more ranks than cores is fine here).
+# Kills come 0.5 s or more after the launch: a rank killed before MPI_Init has
+# finished (0.06 s, twice in CI) left OpenMPI's mpirun waiting forever, which
+# is mpirun's startup, not the trainer's checkpointing under test.
 test-mpi: build/train_gpt2_sft_mpi train_gpt2_sft
 	bash dev/run_tests.sh "MPI: 2 ranks against one process, failing ranks::$(PYTHON) dev/test/test_mpi.py" \
-	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 12 --out-dir build/kill_save_mpi"
+	  "MPI: SIGKILL of a rank::$(PYTHON) dev/test/test_kill_save.py --binary build/train_gpt2_sft_mpi --ranks 2 --kills 12 --min-delay 0.5 --out-dir build/kill_save_mpi"
 
 # test_sft built for every instruction set this CPU runs (AVX-512, AVX2, SSE2,
 # the portable and reference kernels), with gcc and clang: the tiny test and

@@ -13,7 +13,7 @@ One run, back to back on the same cores, float32, the same number of threads eve
               output layer tied to wte (logits = h @ wte.weight.T over the 50257 real tokens),
               F.cross_entropy, gradient clipping at 1 (the C's default), torch.optim.AdamW(foreach=True),
               torch.set_num_threads = the C's OpenMP threads, OPENBLAS_CORETYPE as bench_train.py
-              (--coretype, default SkylakeX); random tokens (speed does not depend on them)
+              (--coretype, default as there); random tokens (speed does not depend on them)
   llm.c       karpathy/llm.c's CPU trainer train_gpt2.c, built outside the repository (in --llmc-dir,
               from the git mirror --llmc-git, as its Makefile builds it: cc -Ofast -march=native
               -fopenmp -DOMP), at its fixed shape, GPT-2 124M, B=4, T=64, from a random llm.c
@@ -322,7 +322,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed steps, after the warm-up [10]")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first steps of each program [2]")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every program [all cores]")
-    ap.add_argument("--coretype", default="SkylakeX", help="OPENBLAS_CORETYPE for PyTorch [SkylakeX]")
+    ap.add_argument("--coretype", default=bt.default_coretype(),
+                    help="OPENBLAS_CORETYPE for PyTorch [SkylakeX with AVX-512, Haswell with AVX2]")
     ap.add_argument("--skip-torch", action="store_true", help="no PyTorch runs")
     ap.add_argument("--skip-llmc", action="store_true", help="no llm.c comparison (and no C run at its shape)")
     ap.add_argument("--llmc-git", default=LLMC_GIT, help=f"llm.c's git directory [{LLMC_GIT}]")

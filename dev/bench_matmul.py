@@ -15,7 +15,8 @@ fused causal attention, softmax included; OpenBLAS has no counterpart).
 --vocab adds the vocabulary projection, N x 768 x 50304 (x @ wte^T, dy @ wte,
 dy^T @ x; best of 2 on both sides, as bench_sft). numpy must use OpenBLAS
 (apt-get install libopenblas0-openmp); the kernel is set with
-OPENBLAS_CORETYPE (default SkylakeX) and printed.
+OPENBLAS_CORETYPE (default SkylakeX with AVX-512, Haswell with AVX2) and
+printed.
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 # bench_train imports only the standard library at module level: no torch in these processes
-from bench_train import BENCH_SFT, blas_in_use, build_flags, peak_of  # noqa: E402
+from bench_train import BENCH_SFT, blas_in_use, build_flags, default_coretype, peak_of  # noqa: E402
 
 PRODUCTS = ("forward", "dinp", "dweight")
 
@@ -74,7 +75,8 @@ def main():
     ap.add_argument("-T", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--vocab", action="store_true", help="also the vocabulary projection, N x 768 x 50304")
-    ap.add_argument("--coretype", default="SkylakeX")
+    ap.add_argument("--coretype", default=default_coretype(),
+                    help="OPENBLAS_CORETYPE [SkylakeX with AVX-512, Haswell with AVX2]")
     ap.add_argument("--openblas-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.openblas_worker:

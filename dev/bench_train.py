@@ -34,8 +34,9 @@ PyTorch must use an optimized BLAS: Debian's python3-torch links the
 reference BLAS unless libopenblas0-openmp is installed (apt-get install
 libopenblas0-openmp). OpenBLAS 0.3.21 picks slow SSE3 kernels on this CPU
 unless told the core type, so the PyTorch runs get OPENBLAS_CORETYPE
-(default SkylakeX, --coretype to change); the script prints the BLAS library
-and kernel PyTorch actually loaded. Each program runs in its own process, so
+(default SkylakeX on a CPU with AVX-512, Haswell with AVX2; --coretype to
+change); the script prints the BLAS library and kernel PyTorch actually
+loaded. Each program runs in its own process, so
 peak RSS is measured separately.
 """
 import argparse
@@ -322,6 +323,21 @@ def torch_worker(args):
           f"peak_rss_mib {rss:.0f}")
 
 
+def default_coretype():
+    """The OpenBLAS kernel for this CPU's widest vectors: OpenBLAS 0.3.21 falls back to SSE3 kernels
+    inside these KVM guests unless told, and a kernel the CPU cannot execute crashes."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    if "avx512f" in flags:
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return "Prescott" if "sse3" in flags else "Core2"
+
+
 def torch_env(threads, coretype):
     """The environment of a PyTorch worker: its OpenMP and OpenBLAS threads, and the OpenBLAS kernel
     (OPENBLAS_CORETYPE: 0.3.21 picks slow SSE3 kernels on this CPU unless told)."""
@@ -360,7 +376,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--data", help="tokenized dataset: real, length-grouped batches")
-    ap.add_argument("--coretype", default="SkylakeX", help="OPENBLAS_CORETYPE for the PyTorch runs")
+    ap.add_argument("--coretype", default=default_coretype(),
+                    help="OPENBLAS_CORETYPE for the PyTorch runs [SkylakeX with AVX-512, Haswell with AVX2]")
     ap.add_argument("--torch-worker", choices=("reference", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     resolve_shape(args)

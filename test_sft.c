@@ -847,11 +847,21 @@ static void selfcheck_token_stream(void) {
     free(bytes_a); free(bytes_b);
 }
 
+// --time-budget's arithmetic, worked by hand: 10 updates took 2.5 s, the
+// last 9 of them 2.25 s (0.25 s each), so a 60 s budget has room for
+// (60 - 2.5) / 0.25 = 230 more.
+static void selfcheck_time_budget(void) {
+    report(steps_within_budget(60.0, 2.5, 2.25, 10, 100000) == 240, "time budget   60 s at 0.25 s per update after 2.5 s: 240 updates");
+    report(steps_within_budget(60.0, 2.5, 2.25, 10, 200) == 200, "time budget   never more than the planned updates");
+    report(steps_within_budget(2.0, 2.5, 2.25, 10, 200) == 10, "time budget   spent already: stop at the updates made");
+}
+
 static int selfcheck(void) {
     printf("== self-check: matmul against gemm_reference; gradients against central differences\n");
     selfcheck_matmul();
     selfcheck_language_model_head();
     selfcheck_token_stream();
+    selfcheck_time_budget();
     const int labels[3] = {3, 1, 0}; // classes, regression, language model
     const float dropouts[2] = {0.0f, 0.2f};
     for (int k = 0; k < 3; k++) {

@@ -3110,6 +3110,7 @@ typedef struct {
     int log_every, eval_every, eval_examples, save_every, threads;
     int log_digits;           // decimals of the logged loss and gradient norm (0: 4 and 3)
     int stop_at_step;         // end this run after this many updates (0: run to the end)
+    float time_budget;        // minutes of updates; fixes the run's length after its first updates (0: off)
 } Args;
 
 void print_usage(void) {
@@ -3141,6 +3142,9 @@ void print_usage(void) {
         "  --truncation head|tail|head+tail   which part of a long text to keep [head]\n"
         "training (Hugging Face Trainer defaults)\n"
         "  --epochs N [3; lm 1]   --max-steps N (overrides epochs) [0]\n"
+        "  --time-budget MIN       end near MIN minutes of updates: after 10 updates the run's\n"
+        "                          length (and its learning-rate decay) is cut to what the\n"
+        "                          measured speed allows, at most the steps above [0: off]\n"
         "  --batch-size B [8]   --grad-accum N [1]\n"
         "  --lr F [5e-5; lm 6e-4]   --warmup-steps N [0]   --warmup-ratio F [0]\n"
         "  --weight-decay F [0]   --max-grad-norm F (0: off) [1]\n"
@@ -3251,6 +3255,7 @@ void parse_args(Args *a, int argc, char **argv) {
         else if (strcmp(flag, "--output") == 0) { a->output_path = v; }
         else if (strcmp(flag, "--threads") == 0) { a->threads = (int)parse_long(flag, v, 1, 1024); }
         else if (strcmp(flag, "--stop-at-step") == 0) { a->stop_at_step = (int)parse_long(flag, v, 1, 100000000); }
+        else if (strcmp(flag, "--time-budget") == 0) { a->time_budget = parse_float(flag, v, 0.01, 1e6); }
         else { fail("unknown flag %s (see --help)", flag); }
     }
     const int lm = a->language_model;
@@ -3262,6 +3267,12 @@ void parse_args(Args *a, int argc, char **argv) {
     if (lm && a->predict_path != NULL) { fail("--predict needs a classifier; a language model (--task lm) has no labels to predict"); }
     if (a->predict_path != NULL && a->output_path == NULL) { fail("--predict needs --output FILE"); }
     if (a->save_every > 0 && a->save_path == NULL) { fail("--save-every needs --save PATH"); }
+    if (a->time_budget > 0.0f && a->resume_path != NULL) {
+        fail("--time-budget fixes a run's length at its start; --resume it with --max-steps N, N its steps as logged");
+    }
+    if (a->time_budget > 0.0f && a->warmup_ratio > 0.0f) {
+        fail("--time-budget with --warmup-ratio: the warmup would depend on the budget's outcome; give --warmup-steps");
+    }
 }
 
 void format_duration(char *out, size_t n, double seconds) {
@@ -3382,6 +3393,20 @@ void print_language_model_eval(const char *tag, int step, const LanguageModelEva
     printf("%s step %d: rows %lld loss %.4f perplexity %.2f\n", tag, step, (long long)r->rows, r->loss, r->perplexity);
 }
 
+// --time-budget: the number of updates that ends the run near `budget_s`
+// seconds of updates, decided after `done` of them took `elapsed_s`, the
+// last done-1 of them `timed_s` (the first update, which first touches the
+// buffers, runs slower and is not used for the rate). Never fewer than done,
+// never more than the planned steps.
+int steps_within_budget(double budget_s, double elapsed_s, double timed_s, int done, int planned) {
+    const double seconds_per_update = timed_s / (done > 1 ? done - 1 : 1);
+    const double more = seconds_per_update > 0.0 ? floor((budget_s - elapsed_s) / seconds_per_update) : planned;
+    if (more <= 0.0) { return done; }
+    return more >= planned - done ? planned : done + (int)more;
+}
+
+#define TIME_BUDGET_TIMED_UPDATES 10 // --time-budget decides after this many updates
+
 // The training loop: epochs of length-grouped batches (or shuffled rows),
 // gradient accumulation, clipping, AdamW with warmup and linear decay,
 // periodic logs, evaluations and checkpoints. Returns 1 when the run is
@@ -3434,9 +3459,11 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
     double log_time = start_time, log_loss = 0.0, allreduce_seconds = 0.0;
     long log_tokens = 0, log_positions = 0, log_padding = 0;
     int log_batches = 0, start_step = model->step;
-    const int end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
+    int end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
     if (model->step >= end_step) { printf("nothing to do: the model has had %d of %d updates\n", model->step, end_step); }
+    double update_seconds[2] = {0.0, 0.0}; // --time-budget: all updates, and all but the first
     for (int step = model->step; step < end_step; step++) {
+        const double update_start = seconds_now();
         for (int micro = 0; micro < accum; micro++) {
             // micro-batch number `global` of the whole run fixes the data: a
             // resumed run sees exactly the batches the original would have
@@ -3493,6 +3520,21 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
         model->step = step + 1;
         run.step = model->step;
         const int done = model->step;
+        const double update_took = seconds_now() - update_start;
+        update_seconds[0] += update_took;
+        if (done > start_step + 1) { update_seconds[1] += update_took; }
+        if (args->time_budget > 0.0f && done == start_step + TIME_BUDGET_TIMED_UPDATES && done < opt.total_steps) {
+            dp_sum_doubles(update_seconds, 2); // every rank fixes the same length: the ranks' mean times
+            const double elapsed = update_seconds[0] / dp_size, timed = update_seconds[1] / dp_size;
+            const int planned_steps = opt.total_steps;
+            opt.total_steps = steps_within_budget(60.0 * args->time_budget, elapsed, timed, done - start_step,
+                                                  planned_steps - start_step) + start_step;
+            run.total_steps = opt.total_steps;
+            end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
+            printf("time budget %g min: updates 2-%d took %.3f s each, so this run makes %d updates of the %d planned; "
+                   "--resume it with --max-steps %d\n", args->time_budget, TIME_BUDGET_TIMED_UPDATES,
+                   timed / (TIME_BUDGET_TIMED_UPDATES - 1), opt.total_steps, planned_steps, opt.total_steps);
+        }
         if (done % args->log_every == 0 || done == end_step) {
             double totals[4] = {log_loss / dp_size, (double)log_tokens, (double)log_positions, (double)log_padding};
             dp_sum_doubles(totals, 4); // the mean loss and the token counts of all ranks

@@ -6,8 +6,8 @@ One run, back to back on the same cores, float32, the same number of threads eve
   C           ./train_gpt2_sft --task lm --init dN --max-len T --batch-size B, --log-every 1, on the
               packed IMDB texts (data/imdb/imdb_train.bin + imdb_unsup.bin); tokens/s from the log's
               per-step tok/s of the steps after --warmup (the first steps pay for first touches; the
-              data loading before step 1 is outside every window), --val-docs 1, no periodic eval,
-              no --save
+              data loading before step 1 is outside every window), --val-docs 40 (enough text for
+              a row of any T here), no periodic eval, no --save
   PyTorch     a GPT-2 LM written the usual way (dev/bench_train.py's plain_trunk: nn.Embedding,
               nn.Linear, nn.LayerNorm, masked_fill + softmax causal attention, tanh GELU), the
               output layer tied to wte (logits = h @ wte.weight.T over the 50257 real tokens),
@@ -134,7 +134,7 @@ def run_c(depth, B, T, args):
                                           else "make the IMDB data with prepro_imdb.py (see README.md)"))
     total = args.warmup + args.steps
     cmd = [TRAINER, "--task", "lm", "--init", f"d{depth}", "--max-len", str(T), "--batch-size", str(B),
-           "--max-steps", str(total), "--log-every", "1", "--val-docs", "1", "--threads", str(args.threads)]
+           "--max-steps", str(total), "--log-every", "1", "--val-docs", "40", "--threads", str(args.threads)]
     print(f"C: {' '.join(os.path.relpath(c, ROOT) if c == TRAINER else c for c in cmd)}", flush=True)
     out, rc, _, rss = run_streaming(cmd, dict(os.environ, OMP_NUM_THREADS=str(args.threads)), ROOT)
     if rc != 0:

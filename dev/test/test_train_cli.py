@@ -180,13 +180,39 @@ def check_language_model(binary, model, train, test, p):
           rc == 0 and sampled and before and float(sampled.group(1)) < float(before.group(1)) - 1.0 and
           not filecmp.cmp(p("lm_full.bin"), p("lm_sampled.bin"), shallow=False),
           f"{sampled.group(0) if sampled else None} {err}")
+    check_time_budget(binary, text_only, p)
     for flags, message in ((["--softmax", "sampled", "-m", model, "--train", train, "--test", test], "--softmax sampled is for --task lm"),
                            (["--task", "lm", "-m", model, "--predict", test, "--output", p("x.csv")], "--predict needs a classifier"),
                            (["--task", "lm", "-m", model, "--train", text, "--val-docs", "60"], "--val-docs 60"),
-                           (["--task", "lm", "-m", model, "--train", text, "--val-docs", "10", "--max-len", "1"], "at least 2 tokens")):
+                           (["--task", "lm", "-m", model, "--train", text, "--val-docs", "10", "--max-len", "1"], "at least 2 tokens"),
+                           (text_only + ["--time-budget", "1", "--resume", p("lm_half.bin")], "--resume it with --max-steps N"),
+                           (text_only + ["--time-budget", "1", "--warmup-ratio", "0.1"], "give --warmup-steps")):
         rc, _, err = run(binary, flags)
         check(f"refused with a one-line error: {' '.join(flags[:2])} ... ({message})",
               rc != 0 and message in err and err.count("\n") == 1, err)
+
+
+def check_time_budget(binary, text_only, p):
+    """--time-budget fixes the run's length after 10 updates; with the warmup at least that long, the run is the
+    --max-steps N run it names (the learning rate so far did not depend on the length)."""
+    budget = text_only + ["--max-steps", "1000000", "--warmup-steps", "10", "--lr", "1e-3", "--log-every", "1000000"]
+    rc, out, err = run(binary, budget + ["--time-budget", "0.01", "--save", p("lm_budget.bin")])
+    decided = re.search(r"^time budget 0.01 min: updates 2-10 took \S+ s each, so this run makes (\d+) updates of the "
+                        r"1000000 planned; --resume it with --max-steps (\d+)$", out, re.M)
+    steps = int(decided.group(1)) if decided else 0
+    last = re.findall(r"^step +(\d+)/(\d+) ", out, re.M)
+    check("--time-budget 0.01: a line names the updates the budget allows, and the run makes that many",
+          rc == 0 and decided and 10 <= steps < 1000000 and decided.group(2) == str(steps) and
+          last and last[-1] == (str(steps), str(steps)), err + out[-400:])
+    header = open(p("lm_budget.bin"), "rb").read(64) if os.path.exists(p("lm_budget.bin")) else b""
+    rc2, _, err2 = run(binary, budget[:budget.index("--max-steps")] + ["--max-steps", str(steps)] +
+                       budget[budget.index("--max-steps") + 2:] + ["--save", p("lm_steps.bin")])
+    check("--time-budget's run is byte-identical to the --max-steps N run it names",
+          steps > 0 and rc2 == 0 and len(header) == 64 and struct.unpack("<16i", header)[9] == steps and
+          filecmp.cmp(p("lm_budget.bin"), p("lm_steps.bin"), shallow=False), err2)
+    rc, out, err = run(binary, text_only + ["--max-steps", "30", "--time-budget", "1000", "--log-every", "30"])
+    check("--time-budget larger than needed: the planned 30 updates", rc == 0 and
+          "so this run makes 30 updates of the 30 planned" in out and re.search(r"^step +30/30 ", out, re.M), err)
 
 
 if __name__ == "__main__":

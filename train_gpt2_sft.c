@@ -3407,6 +3407,23 @@ int steps_within_budget(double budget_s, double elapsed_s, double timed_s, int d
 
 #define TIME_BUDGET_TIMED_UPDATES 10 // --time-budget decides after this many updates
 
+// --time-budget, once the run has made its first TIME_BUDGET_TIMED_UPDATES
+// updates (`done` counts the model's updates; update_seconds: the time of
+// those updates, and of all but the first): the run, and the decay of its
+// learning rate, end at the update the budget allows. Every rank decides
+// from the ranks' mean times, so all of them fix the same length.
+void fit_to_time_budget(OptimizerConfig *opt, RunIdentity *run, double update_seconds[2], int done, float minutes) {
+    dp_sum_doubles(update_seconds, 2);
+    const double elapsed = update_seconds[0] / dp_size, timed = update_seconds[1] / dp_size;
+    const int first = done - TIME_BUDGET_TIMED_UPDATES, planned = opt->total_steps;
+    opt->total_steps = first + steps_within_budget(60.0 * minutes, elapsed, timed, TIME_BUDGET_TIMED_UPDATES,
+                                                   planned - first);
+    run->total_steps = opt->total_steps;
+    printf("time budget %g min: updates 2-%d took %.3f s each, so this run makes %d updates of the %d planned; "
+           "--resume it with --max-steps %d\n", minutes, TIME_BUDGET_TIMED_UPDATES,
+           timed / (TIME_BUDGET_TIMED_UPDATES - 1), opt->total_steps, planned, opt->total_steps);
+}
+
 // The training loop: epochs of length-grouped batches (or shuffled rows),
 // gradient accumulation, clipping, AdamW with warmup and linear decay,
 // periodic logs, evaluations and checkpoints. Returns 1 when the run is
@@ -3524,16 +3541,8 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
         update_seconds[0] += update_took;
         if (done > start_step + 1) { update_seconds[1] += update_took; }
         if (args->time_budget > 0.0f && done == start_step + TIME_BUDGET_TIMED_UPDATES && done < opt.total_steps) {
-            dp_sum_doubles(update_seconds, 2); // every rank fixes the same length: the ranks' mean times
-            const double elapsed = update_seconds[0] / dp_size, timed = update_seconds[1] / dp_size;
-            const int planned_steps = opt.total_steps;
-            opt.total_steps = steps_within_budget(60.0 * args->time_budget, elapsed, timed, done - start_step,
-                                                  planned_steps - start_step) + start_step;
-            run.total_steps = opt.total_steps;
+            fit_to_time_budget(&opt, &run, update_seconds, done, args->time_budget);
             end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
-            printf("time budget %g min: updates 2-%d took %.3f s each, so this run makes %d updates of the %d planned; "
-                   "--resume it with --max-steps %d\n", args->time_budget, TIME_BUDGET_TIMED_UPDATES,
-                   timed / (TIME_BUDGET_TIMED_UPDATES - 1), opt.total_steps, planned_steps, opt.total_steps);
         }
         if (done % args->log_every == 0 || done == end_step) {
             double totals[4] = {log_loss / dp_size, (double)log_tokens, (double)log_positions, (double)log_padding};

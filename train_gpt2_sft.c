@@ -3405,6 +3405,11 @@ int steps_within_budget(double budget_s, double elapsed_s, double timed_s, int d
     return more >= planned - done ? planned : done + (int)more;
 }
 
+// The update this run ends at: --stop-at-step's, if before the schedule's end.
+int last_update_of_this_run(int stop_at_step, int total_steps) {
+    return stop_at_step > 0 && stop_at_step < total_steps ? stop_at_step : total_steps;
+}
+
 #define TIME_BUDGET_TIMED_UPDATES 10 // --time-budget decides after this many updates
 
 // --time-budget, once the run has made its first TIME_BUDGET_TIMED_UPDATES
@@ -3476,7 +3481,7 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
     double log_time = start_time, log_loss = 0.0, allreduce_seconds = 0.0;
     long log_tokens = 0, log_positions = 0, log_padding = 0;
     int log_batches = 0, start_step = model->step;
-    int end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
+    int end_step = last_update_of_this_run(args->stop_at_step, opt.total_steps);
     if (model->step >= end_step) { printf("nothing to do: the model has had %d of %d updates\n", model->step, end_step); }
     double update_seconds[2] = {0.0, 0.0}; // --time-budget: all updates, and all but the first
     for (int step = model->step; step < end_step; step++) {
@@ -3542,7 +3547,7 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
         if (done > start_step + 1) { update_seconds[1] += update_took; }
         if (args->time_budget > 0.0f && done == start_step + TIME_BUDGET_TIMED_UPDATES && done < opt.total_steps) {
             fit_to_time_budget(&opt, &run, update_seconds, done, args->time_budget);
-            end_step = args->stop_at_step > 0 && args->stop_at_step < opt.total_steps ? args->stop_at_step : opt.total_steps;
+            end_step = last_update_of_this_run(args->stop_at_step, opt.total_steps);
         }
         if (done % args->log_every == 0 || done == end_step) {
             double totals[4] = {log_loss / dp_size, (double)log_tokens, (double)log_positions, (double)log_padding};

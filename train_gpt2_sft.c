@@ -2666,7 +2666,11 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // The classic blocked scheme (Goto; BLIS): for each KC-deep slice of K, a
 // (KC x NC) block of B is copied ("packed") into NR-wide panels that stay in
 // cache; then (MC x KC) blocks of A are packed into MR-tall panels, and the
-// register-tiled micro-kernel computes every (MR x NR) piece of C. Threads
+// register-tiled micro-kernel computes every (MR x NR) piece of C. An A whose
+// rows are contiguous (inp in X W^T, dout in dX = dY W, P in P V) is read in
+// place instead: the kernel reads MR rows as easily as one packed panel, and
+// where N is small (V has hs columns) packing would cost as much as the
+// multiply-adds it feeds. Threads
 // each take one rectangle of C and run this on it alone: no synchronisation
 // inside a product, and every element of C is summed in the same order
 // whatever the number of threads.
@@ -2763,12 +2767,26 @@ static inline void pack_panel(float *panel, StridedMatrix m, int col0, int cols,
     }
 }
 
-// MR-tall panels of rows row0..row0+rows of A (M,K): the panels of A^T.
-void pack_a(float *panels, StridedMatrix a, int row0, int rows, int k0, int kc) {
+// Where the micro-kernel finds the rows of an (MC x KC) block of A: element
+// (i, k) of the MR-row panel p, i < MR, is at
+//   data[p * panel_stride + i * row_stride + k * k_stride]
+typedef struct {
+    const float *data;
+    long panel_stride, row_stride, k_stride;
+} APanels;
+
+// The block of rows row0..row0+rows and depth k0..k0+kc of A (M,K) for the
+// micro-kernel: A itself if its rows are contiguous, else packed into
+// `buffer` as MR-tall panels (the panels of A^T).
+APanels a_block(float *buffer, StridedMatrix a, int row0, int rows, int k0, int kc) {
+    if (a.col_stride == 1) {
+        return (APanels){a.data + (long)row0 * a.row_stride + k0, GEMM_MR * a.row_stride, a.row_stride, 1};
+    }
     const StridedMatrix a_transposed = {a.data, a.col_stride, a.row_stride};
     for (int i = 0; i < rows; i += GEMM_MR) {
-        pack_panel(panels + (size_t)i * kc, a_transposed, row0 + i, rows - i < GEMM_MR ? rows - i : GEMM_MR, k0, kc, GEMM_MR);
+        pack_panel(buffer + (size_t)i * kc, a_transposed, row0 + i, rows - i < GEMM_MR ? rows - i : GEMM_MR, k0, kc, GEMM_MR);
     }
+    return (APanels){buffer, (long)GEMM_MR * kc, 1, GEMM_MR};
 }
 
 // One NR-wide panel of B (K,N).
@@ -2783,9 +2801,14 @@ typedef float gemm_vector_unaligned __attribute__((vector_size(GEMM_VECTOR_BYTES
 static inline gemm_vector vector_load(const float *p) { return *(const gemm_vector_unaligned *)p; }
 static inline void vector_store(float *p, gemm_vector v) { *(gemm_vector_unaligned *)p = v; }
 
-// acc (MR,NR) = sum_k a[k,:]^T b[k,:];  C[0:rows, 0:cols] = [C +] acc
-GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
-                      float *restrict c, long ldc, int rows, int cols, int accumulate) {
+// acc (MR,NR) = sum_k a[:,k] b[k,:];  C[0:rows, 0:cols] = [C +] acc
+// a[:,k]: the MR elements a[i * a_row_stride + k * a_k_stride] (a packed
+// panel or A's rows in place); b: one packed NR-wide panel of B.
+GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a_k_stride,
+                                      const float *restrict b, float *restrict c, long ldc, int rows, int cols,
+                                      int accumulate) {
+    const float *a_row[GEMM_MR]; // rows past C's edge repeat the last one; their sums are not stored
+    for (int i = 0; i < GEMM_MR; i++) { a_row[i] = a + (i < rows ? i : rows - 1) * a_row_stride; }
     gemm_vector acc[GEMM_MR][GEMM_NV];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int v = 0; v < GEMM_NV; v++) { acc[i][v] = (gemm_vector){0}; }
@@ -2798,7 +2821,7 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, const flo
         gemm_vector bk[GEMM_NV];
         for (int v = 0; v < GEMM_NV; v++) { bk[v] = vector_load(b + k * GEMM_NR + v * GEMM_VF); }
         for (int i = 0; i < GEMM_MR; i++) {
-            const float ai = a[k * GEMM_MR + i];
+            const float ai = a_row[i][k * a_k_stride];
             for (int v = 0; v < GEMM_NV; v++) { acc[i][v] += bk[v] * ai; } // ai is broadcast
         }
     }
@@ -2822,8 +2845,10 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, const flo
 #else
 // The same in plain C: the fixed-size loops let a compiler keep acc in
 // registers and emit one multiply-add per (i, j).
-void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
-                      float *restrict c, long ldc, int rows, int cols, int accumulate) {
+void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a_k_stride,
+                      const float *restrict b, float *restrict c, long ldc, int rows, int cols, int accumulate) {
+    const float *a_row[GEMM_MR];
+    for (int i = 0; i < GEMM_MR; i++) { a_row[i] = a + (i < rows ? i : rows - 1) * a_row_stride; }
     float acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int j = 0; j < GEMM_NR; j++) { acc[i][j] = 0.0f; }
@@ -2831,7 +2856,7 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
     for (int k = 0; k < kc; k++) {
         const float *bk = b + k * GEMM_NR;
         for (int i = 0; i < GEMM_MR; i++) {
-            const float ai = a[k * GEMM_MR + i];
+            const float ai = a_row[i][k * a_k_stride];
             for (int j = 0; j < GEMM_NR; j++) { acc[i][j] += ai * bk[j]; }
         }
     }
@@ -2842,13 +2867,14 @@ void gemm_microkernel(int kc, const float *restrict a, const float *restrict b,
 }
 #endif
 
-// C[row0:row0+rows, col0:col0+cols] (+)= packed A block . packed B block.
-void gemm_packed_block(const float *a_panels, const float *b_panels, int kc, int rows, int cols,
-                       float *c, long ldc, int accumulate) {
+// C[0:rows, 0:cols] (+)= A block . packed B block.
+void gemm_block(APanels a, const float *b_panels, int kc, int rows, int cols, float *c, long ldc, int accumulate) {
     for (int i = 0; i < rows; i += GEMM_MR) {
+        const float *a_panel = a.data + (i / GEMM_MR) * a.panel_stride;
         for (int j = 0; j < cols; j += GEMM_NR) {
-            gemm_microkernel(kc, a_panels + (size_t)i * kc, b_panels + (size_t)j * kc, c + (long)i * ldc + j, ldc,
-                             rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR, accumulate);
+            gemm_microkernel(kc, a_panel, a.row_stride, a.k_stride, b_panels + (size_t)j * kc, c + (long)i * ldc + j,
+                             ldc, rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR,
+                             accumulate);
         }
     }
 }
@@ -2893,8 +2919,8 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
         if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
         return;
     }
-    float *a_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
-    float *b_panels = a_panels + GEMM_A_BLOCK_FLOATS;
+    float *a_buffer = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
+    float *b_panels = a_buffer + GEMM_A_BLOCK_FLOATS;
     for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
         const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
         for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
@@ -2904,8 +2930,8 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
             }
             for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
                 const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
-                pack_a(a_panels, a, row0, rows, k0, kc);
-                gemm_packed_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, accumulate || k0 > 0);
+                const APanels a_panels = a_block(a_buffer, a, row0, rows, k0, kc);
+                gemm_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, accumulate || k0 > 0);
             }
         }
     }
@@ -3113,6 +3139,8 @@ typedef struct {
     float time_budget;        // minutes of updates; fixes the run's length after its first updates (0: off)
 } Args;
 
+#define TIME_BUDGET_TIMED_UPDATES 10 // --time-budget decides after this many updates
+
 void print_usage(void) {
     printf(
         "usage: train_gpt2_sft [options]\n"
@@ -3273,6 +3301,10 @@ void parse_args(Args *a, int argc, char **argv) {
     if (a->time_budget > 0.0f && a->warmup_ratio > 0.0f) {
         fail("--time-budget with --warmup-ratio: the warmup would depend on the budget's outcome; give --warmup-steps");
     }
+    if (a->time_budget > 0.0f && a->stop_at_step > 0 && a->stop_at_step <= TIME_BUDGET_TIMED_UPDATES) {
+        fail("--stop-at-step %d ends the run before --time-budget fixes its length (after %d updates); "
+             "stop later", a->stop_at_step, TIME_BUDGET_TIMED_UPDATES);
+    }
 }
 
 void format_duration(char *out, size_t n, double seconds) {
@@ -3409,8 +3441,6 @@ int steps_within_budget(double budget_s, double elapsed_s, double timed_s, int d
 int last_update_of_this_run(int stop_at_step, int total_steps) {
     return stop_at_step > 0 && stop_at_step < total_steps ? stop_at_step : total_steps;
 }
-
-#define TIME_BUDGET_TIMED_UPDATES 10 // --time-budget decides after this many updates
 
 // --time-budget, once the run has made its first TIME_BUDGET_TIMED_UPDATES
 // updates (`done` counts the model's updates; update_seconds: the time of

@@ -186,7 +186,8 @@ def check_language_model(binary, model, train, test, p):
                            (["--task", "lm", "-m", model, "--train", text, "--val-docs", "60"], "--val-docs 60"),
                            (["--task", "lm", "-m", model, "--train", text, "--val-docs", "10", "--max-len", "1"], "at least 2 tokens"),
                            (text_only + ["--time-budget", "1", "--resume", p("lm_half.bin")], "--resume it with --max-steps N"),
-                           (text_only + ["--time-budget", "1", "--warmup-ratio", "0.1"], "give --warmup-steps")):
+                           (text_only + ["--time-budget", "1", "--warmup-ratio", "0.1"], "give --warmup-steps"),
+                           (text_only + ["--time-budget", "1", "--stop-at-step", "10"], "before --time-budget fixes")):
         rc, _, err = run(binary, flags)
         check(f"refused with a one-line error: {' '.join(flags[:2])} ... ({message})",
               rc != 0 and message in err and err.count("\n") == 1, err)
@@ -210,6 +211,19 @@ def check_time_budget(binary, text_only, p):
     check("--time-budget's run is byte-identical to the --max-steps N run it names",
           steps > 0 and rc2 == 0 and len(header) == 64 and struct.unpack("<16i", header)[9] == steps and
           filecmp.cmp(p("lm_budget.bin"), p("lm_steps.bin"), shallow=False), err2)
+    stop = 12  # after the budget's decision at update 10; 3 s of a tiny model's updates are many more
+    rc, out, err = run(binary, budget + ["--time-budget", "0.05", "--stop-at-step", str(stop), "--save", p("lm_stop.bin")])
+    decided = re.search(r"--resume it with --max-steps (\d+)$", out, re.M)
+    named = int(decided.group(1)) if decided else 0
+    if rc == 0 and named > stop:
+        resume = budget[:budget.index("--max-steps")] + ["--max-steps", str(named)] + budget[budget.index("--max-steps") + 2:]
+        rc2, _, err2 = run(binary, resume + ["--resume", p("lm_stop.bin"), "--save", p("lm_stop.bin")])
+        rc3, _, err3 = run(binary, resume + ["--save", p("lm_named.bin")])
+        check(f"--time-budget with --stop-at-step {stop}, resumed as its log says: the --max-steps {named} run",
+              rc2 == 0 and rc3 == 0 and filecmp.cmp(p("lm_stop.bin"), p("lm_named.bin"), shallow=False), err2 + err3)
+    else:
+        check(f"--time-budget with --stop-at-step {stop}: stops there, names its length",
+              rc == 0 and decided and named <= stop, err + out[-400:])
     rc, out, err = run(binary, text_only + ["--max-steps", "30", "--time-budget", "1000", "--log-every", "30"])
     check("--time-budget larger than needed: the planned 30 updates", rc == 0 and
           "so this run makes 30 updates of the 30 planned" in out and re.search(r"^step +30/30 ", out, re.M), err)

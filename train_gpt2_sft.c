@@ -2669,8 +2669,8 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // register-tiled micro-kernel computes every (MR x NR) piece of C. An A whose
 // rows are contiguous (inp in X W^T, dout in dX = dY W, P in P V) is read in
 // place instead: the kernel reads MR rows as easily as one packed panel, and
-// where N is small (V has hs columns) packing would cost as much as the
-// multiply-adds it feeds. Threads
+// the copy is saved, most where N is small (V has hs columns), so that a
+// packed element of A would feed few multiply-adds. Threads
 // each take one rectangle of C and run this on it alone: no synchronisation
 // inside a product, and every element of C is summed in the same order
 // whatever the number of threads.

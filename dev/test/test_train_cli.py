@@ -193,6 +193,12 @@ def check_language_model(binary, model, train, test, p):
               rc != 0 and message in err and err.count("\n") == 1, err)
 
 
+def with_max_steps(flags, n):
+    """flags with its --max-steps value replaced by n."""
+    at = flags.index("--max-steps")
+    return flags[:at + 1] + [str(n)] + flags[at + 2:]
+
+
 def check_time_budget(binary, text_only, p):
     """--time-budget fixes the run's length after 10 updates; with the warmup at least that long, the run is the
     --max-steps N run it names (the learning rate so far did not depend on the length)."""
@@ -206,8 +212,7 @@ def check_time_budget(binary, text_only, p):
           rc == 0 and decided and 10 <= steps < 1000000 and decided.group(2) == str(steps) and
           last and last[-1] == (str(steps), str(steps)), err + out[-400:])
     header = open(p("lm_budget.bin"), "rb").read(64) if os.path.exists(p("lm_budget.bin")) else b""
-    rc2, _, err2 = run(binary, budget[:budget.index("--max-steps")] + ["--max-steps", str(steps)] +
-                       budget[budget.index("--max-steps") + 2:] + ["--save", p("lm_steps.bin")])
+    rc2, _, err2 = run(binary, with_max_steps(budget, steps) + ["--save", p("lm_steps.bin")])
     check("--time-budget's run is byte-identical to the --max-steps N run it names",
           steps > 0 and rc2 == 0 and len(header) == 64 and struct.unpack("<16i", header)[9] == steps and
           filecmp.cmp(p("lm_budget.bin"), p("lm_steps.bin"), shallow=False), err2)
@@ -216,7 +221,7 @@ def check_time_budget(binary, text_only, p):
     decided = re.search(r"--resume it with --max-steps (\d+)$", out, re.M)
     named = int(decided.group(1)) if decided else 0
     if rc == 0 and named > stop:
-        resume = budget[:budget.index("--max-steps")] + ["--max-steps", str(named)] + budget[budget.index("--max-steps") + 2:]
+        resume = with_max_steps(budget, named)
         rc2, _, err2 = run(binary, resume + ["--resume", p("lm_stop.bin"), "--save", p("lm_stop.bin")])
         rc3, _, err3 = run(binary, resume + ["--save", p("lm_named.bin")])
         check(f"--time-budget with --stop-at-step {stop}, resumed as its log says: the --max-steps {named} run",

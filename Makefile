@@ -144,7 +144,7 @@ fuzz:
 IMDB = data/imdb/imdb_train.bin data/imdb/imdb_test.bin data/imdb/imdb_unsup.bin
 RUN_PRETRAINED = -m gpt2_124M.bin --max-len 256 --truncation head+tail --epochs 1 --batch-size 8 --lr 5e-5 \
                  --warmup-ratio 0.06 --weight-decay 0.01 --eval-every 500 --eval-examples 500 --log-every 20
-PRETRAIN = --task lm --init d2 --max-len 1024 --batch-size 4 --max-steps 6000 --time-budget 8 --lr 1e-3 \
+PRETRAIN = --task lm --init d2 --max-len 1024 --batch-size 4 --max-steps 6000 --time-budget 8 --lr 3e-3 \
            --warmup-steps 100 --weight-decay 0.1 --softmax sampled --log-every 100 --eval-every 1000 --eval-examples 100
 FINETUNE = -m build/imdb_lm_d2.bin --max-len 1024 --truncation head+tail --epochs 1 --batch-size 32 --lr 1e-3 \
            --warmup-ratio 0.05 --weight-decay 0.01 --eval-every 100 --eval-examples 1000 --log-every 25

@@ -2725,6 +2725,10 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 32 : 2 * GEMM_VF)
 #endif
 #else
+#if defined(GEMM_MR) && GEMM_MR != 6
+#error "the portable C micro-kernel spells out its six rows: GEMM_MR must be 6 (it sets only the vector kernels' tile)"
+#endif
+#undef GEMM_MR
 #define GEMM_MR 6 // the portable kernel below spells out its six rows
 #ifndef GEMM_NR
 #define GEMM_NR 16
@@ -2845,9 +2849,9 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_ro
 // of the tile are spelled out, each A element loaded once per k into a
 // scalar, so that the only loop left inside k is the one over the NR columns
 // with six multiply-adds per column: gcc and clang both vectorize that loop
-// over j and keep acc in registers. (A loop over the rows inside k instead
-// lets either compiler vectorize across the rows, with gathers and scatters
-// of acc: clang -march=native on an AVX-512 host ran such a loop 39x slower.)
+// over j and keep acc in registers. (With a loop over the rows inside k
+// instead, clang -march=native on an AVX-512 host vectorized across the rows
+// with gathers and scatters of acc, 39x slower, and gcc left it scalar.)
 void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a_k_stride,
                       const float *restrict b, float *restrict c, long ldc, int rows, int cols, int accumulate) {
     // rows past C's edge repeat the last one; their sums are not stored

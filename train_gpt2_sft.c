@@ -2681,9 +2681,13 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // explicit vectors (GCC/Clang vector extensions) where the compiler has them,
 // so the tile is kept in registers of the width the CPU has whatever the
 // compiler's auto-vectorizer prefers, and in plain C elsewhere.
-//   AVX-512:  32 registers of 16 floats, tile 12 x 32: 24 accumulators
-//   AVX/AVX2: 16 registers of 8 floats,  tile  6 x 16: 12 accumulators
-//   SSE/NEON: 16-32 registers of 4,      tile  6 x 8:  12 accumulators
+//   AVX-512:  32 registers of 16 floats, tile 6 x 64: 24 accumulators
+//   AVX/AVX2: 16 registers of 8 floats,  tile 6 x 16: 12 accumulators
+//   SSE/NEON: 16-32 registers of 4,      tile 6 x 8:  12 accumulators
+// Six rows, not the 12 x 32 that holds as many accumulators: where A is read
+// in place its rows are K floats apart, and at K = 3072 (fc's dinp, fcproj's
+// forward) that is 12 KiB, a multiple of 4 KiB, so every row falls in the
+// same L1 set; six rows fit in its ways, twelve evict each other.
 // (other CPUs, e.g. RISC-V, take the portable kernel: without vector
 // registers the compiler would split the vectors into scalars anyway)
 // -DGEMM_PORTABLE selects the plain-C kernel on any compiler, -DGEMM_REFERENCE
@@ -2719,10 +2723,10 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 #define GEMM_VF (GEMM_VECTOR_BYTES / 4) // floats per vector
 #ifndef GEMM_MR
-#define GEMM_MR (GEMM_VECTOR_BYTES == 64 ? 12 : 6)
+#define GEMM_MR 6
 #endif
 #ifndef GEMM_NR
-#define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 32 : 2 * GEMM_VF)
+#define GEMM_NR (GEMM_VECTOR_BYTES == 64 ? 4 * GEMM_VF : 2 * GEMM_VF)
 #endif
 #else
 #if defined(GEMM_MR) && GEMM_MR != 6
@@ -2735,11 +2739,13 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
-// (MR x KC, 12 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (MR x KC, 6 KiB) in L1 while it sweeps the NR-wide panels of the packed
 // (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
 // read and written in long runs of the same rows (pages stay in the TLB);
 // the (MC x KC) block of A waits in L2/L3. Tuned with dev/bench_matmul.py at
-// the GPT-2 124M shapes on AVX-512 (48 KiB L1, 2 MiB L2).
+// the GPT-2 124M shapes on AVX-512: Intel (48 KiB L1, 2 MiB L2) with the
+// 12 x 32 tile, then Zen 4 (32 KiB L1, 1 MiB L2) with 6 x 64, where KC 384
+// or 512 and MC 120 or 480 measured the same to within the noise.
 #ifndef GEMM_KC
 #define GEMM_KC 256  // depth of one packed slice
 #endif

@@ -2739,15 +2739,17 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
-// (MR x KC, 6 KiB) in L1 while it sweeps the NR-wide panels of the packed
-// (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
-// read and written in long runs of the same rows (pages stay in the TLB);
-// the (MC x KC) block of A waits in L2/L3. Tuned with dev/bench_matmul.py at
-// the GPT-2 124M shapes on AVX-512: Intel (48 KiB L1, 2 MiB L2) with the
-// 12 x 32 tile, then Zen 4 (32 KiB L1, 1 MiB L2) with 6 x 64, where KC 384
-// or 512 and MC 120 or 480 measured the same to within the noise.
+// (MR x KC, 12 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (KC x NC) block of B (1.5 MiB, in L2 or L3) along a strip of C's rows, so C
+// is read and written in long runs of the same rows (pages stay in the TLB);
+// the (MC x KC) block of A waits in L2/L3. A deeper slice means fewer passes
+// over C and fewer micro-kernel calls per multiply-add. Tuned with
+// dev/bench_matmul.py at the GPT-2 124M shapes: on Zen 4 (32 KiB L1, 1 MiB
+// L2) with the 6 x 64 tile, KC 512 beat 256 by 1-5% on most products, and
+// the B block's outgrowing L2 cost nothing measurable (NC 384, 768 KiB, was
+// slower); MC 120 or 480 measured the same as 240.
 #ifndef GEMM_KC
-#define GEMM_KC 256  // depth of one packed slice
+#define GEMM_KC 512  // depth of one packed slice
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)

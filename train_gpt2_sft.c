@@ -162,6 +162,57 @@ int max_threads(void);
 int thread_id(void);
 static inline float exp_fast(float x);
 
+// Reductions over a row (softmax, layernorm, the losses). A loop that adds
+// into one variable cannot be vectorized without reordering its sum, which
+// C forbids the compiler; these keep sixteen partial results instead, so it
+// can, and the order stays fixed (results do not depend on the thread count).
+// The largest of n floats. Sixteen running maxima, so the loop vectorizes.
+float max_of_floats(const float *x, int n) {
+    float lanes[16];
+    for (int j = 0; j < 16; j++) { lanes[j] = -FLT_MAX; }
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        for (int j = 0; j < 16; j++) { lanes[j] = x[k + j] > lanes[j] ? x[k + j] : lanes[j]; }
+    }
+    for (; k < n; k++) { lanes[0] = x[k] > lanes[0] ? x[k] : lanes[0]; }
+    float m = lanes[0];
+    for (int j = 1; j < 16; j++) { m = lanes[j] > m ? lanes[j] : m; }
+    return m;
+}
+
+// The sum of n floats: sixteen float sums (so the loop vectorizes) over
+// blocks of 1024, whose totals add up in double.
+double sum_of_floats(const float *x, int n) {
+    double total = 0.0;
+    for (int k0 = 0; k0 < n; k0 += 1024) {
+        const int k1 = k0 + 1024 < n ? k0 + 1024 : n;
+        float lanes[16] = {0.0f};
+        int k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            for (int j = 0; j < 16; j++) { lanes[j] += x[k + j]; }
+        }
+        for (; k < k1; k++) { lanes[0] += x[k]; }
+        for (int j = 0; j < 16; j++) { total += lanes[j]; }
+    }
+    return total;
+}
+
+// sum_i a[i] b[i], in the same order as sum_of_floats.
+double dot_of_floats(const float *a, const float *b, int n) {
+    double total = 0.0;
+    for (int k0 = 0; k0 < n; k0 += 1024) {
+        const int k1 = k0 + 1024 < n ? k0 + 1024 : n;
+        float lanes[16] = {0.0f};
+        int k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            for (int j = 0; j < 16; j++) { lanes[j] += a[k + j] * b[k + j]; }
+        }
+        for (; k < k1; k++) { lanes[0] += a[k] * b[k]; }
+        for (int j = 0; j < 16; j++) { total += lanes[j]; }
+    }
+    return total;
+}
+
 // Token and position embeddings.
 // out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]       out (B,T,C)
 void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
@@ -198,22 +249,19 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *to
 
 // LayerNorm over the channels of each of N rows:
 // out = (x - mean) * rstd * weight + bias,  rstd = 1/sqrt(var + 1e-5)
-// mean and rstd (N) are kept for the backward pass. Sums run in double.
+// mean and rstd (N) are kept for the backward pass.
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        double sum = 0.0;
-        for (int i = 0; i < C; i++) { sum += x[i]; }
-        const double m = sum / C;
-        double sum_sq = 0.0;
-        for (int i = 0; i < C; i++) { double d = x[i] - m; sum_sq += d * d; }
-        const double s = 1.0 / sqrt(sum_sq / C + 1e-5);
         float *o = out + (size_t)n * C;
-        for (int i = 0; i < C; i++) { o[i] = (float)((x[i] - m) * s) * weight[i] + bias[i]; }
-        mean[n] = (float)m;
-        rstd[n] = (float)s;
+        const float m = (float)(sum_of_floats(x, C) / C);
+        for (int i = 0; i < C; i++) { o[i] = x[i] - m; } // o holds x - mean until the last loop
+        const float s = (float)(1.0 / sqrt(dot_of_floats(o, o, C) / C + 1e-5));
+        for (int i = 0; i < C; i++) { o[i] = o[i] * s * weight[i] + bias[i]; }
+        mean[n] = m;
+        rstd[n] = s;
     }
 }
 
@@ -229,12 +277,22 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
         const float *x = inp + (size_t)n * C;
         const float *dy = dout + (size_t)n * C;
         const float m = mean[n], s = rstd[n];
-        double g_mean = 0.0, g_xhat_mean = 0.0;
-        for (int i = 0; i < C; i++) {
-            const float g = dy[i] * weight[i];
-            g_mean += g;
-            g_xhat_mean += g * ((x[i] - m) * s);
+        float g_lanes[16] = {0.0f}, g_xhat_lanes[16] = {0.0f}; // running sums, as in sum_of_floats
+        int i = 0;
+        for (; i + 16 <= C; i += 16) {
+            for (int j = 0; j < 16; j++) {
+                const float g = dy[i + j] * weight[i + j];
+                g_lanes[j] += g;
+                g_xhat_lanes[j] += g * ((x[i + j] - m) * s);
+            }
         }
+        for (; i < C; i++) {
+            const float g = dy[i] * weight[i];
+            g_lanes[0] += g;
+            g_xhat_lanes[0] += g * ((x[i] - m) * s);
+        }
+        double g_mean = 0.0, g_xhat_mean = 0.0;
+        for (int j = 0; j < 16; j++) { g_mean += g_lanes[j]; g_xhat_mean += g_xhat_lanes[j]; }
         g_mean /= C;
         g_xhat_mean /= C;
         float *dx = dinp + (size_t)n * C;
@@ -504,11 +562,10 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                 gemm_serial(r1 - r0, r1, hs, q_block, k_transposed, p + (size_t)r0 * T, T, 0);
                 for (int t = r0; t < r1; t++) {
                     float *p_row = p + (size_t)t * T;
-                    float max_score = -FLT_MAX;
-                    for (int u = 0; u <= t; u++) { p_row[u] *= scale; if (p_row[u] > max_score) { max_score = p_row[u]; } }
-                    float sum = 0.0f;
-                    for (int u = 0; u <= t; u++) { p_row[u] = exp_fast(p_row[u] - max_score); sum += p_row[u]; }
-                    const float inv_sum = 1.0f / sum;
+                    for (int u = 0; u <= t; u++) { p_row[u] *= scale; }
+                    const float max_score = max_of_floats(p_row, t + 1);
+                    for (int u = 0; u <= t; u++) { p_row[u] = exp_fast(p_row[u] - max_score); }
+                    const float inv_sum = (float)(1.0 / sum_of_floats(p_row, t + 1));
                     for (int u = 0; u <= t; u++) { p_row[u] *= inv_sum; }
                     for (int u = t + 1; u < r1; u++) { p_row[u] = 0.0f; }
                     if (drop != NULL) {
@@ -573,8 +630,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                     const float *p_row = p + (size_t)t * T;
                     float *ds_row = ds + (size_t)(t - r0) * r1;
                     if (drop != NULL) { dropout_attention_row(ds_row, ds_row, drop, b, h, NH, t); }
-                    float weighted_sum = 0.0f;
-                    for (int u = 0; u <= t; u++) { weighted_sum += p_row[u] * ds_row[u]; }
+                    const float weighted_sum = (float)dot_of_floats(p_row, ds_row, t + 1);
                     for (int u = 0; u <= t; u++) { ds_row[u] = p_row[u] * (ds_row[u] - weighted_sum) * scale; }
                     for (int u = t + 1; u < r1; u++) { ds_row[u] = 0.0f; }
                 }
@@ -758,37 +814,6 @@ float loss_forward_backward(float *dlogits, const float *logits, const int *labe
         }
     }
     return (float)(total / B);
-}
-
-// The largest of n floats. Sixteen running maxima, so the loop vectorizes.
-float max_of_floats(const float *x, int n) {
-    float lanes[16];
-    for (int j = 0; j < 16; j++) { lanes[j] = -FLT_MAX; }
-    int k = 0;
-    for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < 16; j++) { lanes[j] = x[k + j] > lanes[j] ? x[k + j] : lanes[j]; }
-    }
-    for (; k < n; k++) { lanes[0] = x[k] > lanes[0] ? x[k] : lanes[0]; }
-    float m = lanes[0];
-    for (int j = 1; j < 16; j++) { m = lanes[j] > m ? lanes[j] : m; }
-    return m;
-}
-
-// The sum of n floats: sixteen float sums (so the loop vectorizes) over
-// blocks of 1024, whose totals add up in double.
-double sum_of_floats(const float *x, int n) {
-    double total = 0.0;
-    for (int k0 = 0; k0 < n; k0 += 1024) {
-        const int k1 = k0 + 1024 < n ? k0 + 1024 : n;
-        float lanes[16] = {0.0f};
-        int k = k0;
-        for (; k + 16 <= k1; k += 16) {
-            for (int j = 0; j < 16; j++) { lanes[j] += x[k + j]; }
-        }
-        for (; k < k1; k++) { lanes[0] += x[k]; }
-        for (int j = 0; j < 16; j++) { total += lanes[j]; }
-    }
-    return total;
 }
 
 // The language-model head and its loss, for pretraining (--task lm). GPT-2

@@ -166,6 +166,8 @@ static inline float exp_fast(float x);
 // into one variable cannot be vectorized without reordering its sum, which
 // C forbids the compiler; these keep sixteen partial results instead, so it
 // can, and the order stays fixed (results do not depend on the thread count).
+// dot_of_floats repeats sum_of_floats's loop with a product for the term.
+
 // The largest of n floats. Sixteen running maxima, so the loop vectorizes.
 float max_of_floats(const float *x, int n) {
     float lanes[16];

@@ -395,6 +395,23 @@ static void gemm_serial_reserved(int M, int N, int K, StridedMatrix a, StridedMa
     gemm_serial(M, N, K, a, b, c, ldc, accumulate);
 }
 
+// gemm_packed as attention uses it: B packed once, then products that use
+// only its first rows and columns. C[:, :n1] = A[:, :k1] B[:k1, :n1] from the
+// packing of all of B, then C[:, :n1] += A[:, k1:] B[k1:, :n1] and
+// C[:, n1:] = A B[:, n1:] from packings of those parts.
+static void gemm_packed_prefixes(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
+    gemm_workspace_reserve();
+    float *panels = (float *)malloc_or_die((gemm_packed_floats(K, N) + 1) * sizeof(float), "packed B");
+    const int n1 = N / 2, k1 = K / 2;
+    gemm_packed(M, n1, k1, a, gemm_pack(panels, b, K, N), c, ldc, accumulate);
+    const StridedMatrix a_right = {a.data + k1 * a.col_stride, a.row_stride, a.col_stride};
+    const StridedMatrix b_lower = {b.data + k1 * b.row_stride, b.row_stride, b.col_stride};
+    gemm_packed(M, n1, K - k1, a_right, gemm_pack(panels, b_lower, K - k1, n1), c, ldc, 1);
+    const StridedMatrix b_right = {b.data + n1 * b.col_stride, b.row_stride, b.col_stride};
+    gemm_packed(M, N - n1, K, a, gemm_pack(panels, b_right, K, N - n1), c + n1, ldc, accumulate);
+    free(panels);
+}
+
 typedef struct {
     const char *name;
     GemmKernel kernel;
@@ -466,8 +483,8 @@ static double matmul_case(GemmKernel kernel, int M, int N, int K, int a_transpos
     return worst;
 }
 
-// The fast matrix multiplication (gemm, on several threads, and gemm_serial)
-// against gemm_reference: odd shapes, shapes that cross the register tile
+// The fast matrix multiplication (gemm, on several threads, gemm_serial and
+// gemm_packed) against gemm_reference: odd shapes, shapes that cross the register tile
 // (GEMM_MR x GEMM_NR) and the blocks (GEMM_MC, GEMM_KC, GEMM_NC), K = 0; for
 // each, both storage orders of A and of B, with and without accumulate.
 // A new kernel joins by adding a line to `kernels`.
@@ -477,12 +494,13 @@ static void selfcheck_matmul(void) {
         {GEMM_MR, GEMM_NR, 8}, {GEMM_MR + 1, GEMM_NR + 1, 9},
         {67, 129, 300}, {300, 67, 129}, {129, 13, 67},
         {GEMM_MC, GEMM_NR, GEMM_KC}, {GEMM_MC + 1, GEMM_NR + 3, GEMM_KC + 2},
-        {13, 67, 770}, {37, GEMM_NC + 6, 13}, {GEMM_NC + 6, 5, 7},
+        {13, 67, 770}, {37, GEMM_NC + 6, 13}, {GEMM_NC + 6, 5, 7}, {29, 3 * GEMM_NR + 5, GEMM_KC + 40},
     };
     const MatmulUnderTest kernels[] = {
         {"gemm", gemm, 1},
         {"gemm", gemm, 3},
         {"gemm_serial", gemm_serial_reserved, 1},
+        {"gemm_packed", gemm_packed_prefixes, 1},
     };
     const int num_shapes = (int)(sizeof(shapes) / sizeof(shapes[0]));
     const int num_kernels = (int)(sizeof(kernels) / sizeof(kernels[0]));

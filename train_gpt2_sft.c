@@ -145,11 +145,24 @@ void gemm_reference(int M, int N, int K, StridedMatrix a, StridedMatrix b, float
 //   gemm         the product, C cut into one rectangle per thread; not for
 //                use inside a parallel region
 //   gemm_serial  the product on the calling thread alone, for parallel loops
+//   gemm_packed  gemm_serial with B packed beforehand by gemm_pack, for a B
+//                that several products share (a head's keys and values serve
+//                each of its query blocks): the first K rows and N columns of
+//                the packed matrix are used
 // gemm_workspace_reserve allocates gemm_serial's packing buffers: call it
-// outside parallel regions, before any gemm_serial.
+// outside parallel regions, before any gemm_serial or gemm_packed.
 void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate);
 void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate);
 void gemm_workspace_reserve(void);
+
+typedef struct {
+    StridedMatrix source; // B (K,N) as given: what the reference kernel reads
+    const float *panels;  // B in the micro-kernel's layout
+    int depth;            // K
+} PackedMatrix;
+size_t gemm_packed_floats(int K, int N); // the size of `panels` for gemm_pack
+PackedMatrix gemm_pack(float *panels, StridedMatrix b, int K, int N);
+void gemm_packed(int M, int N, int K, StridedMatrix a, PackedMatrix b, float *c, long ldc, int accumulate);
 
 // ----------------------------------------------------------------------------
 // Layers. Each forward states what it computes; each backward the derivative.
@@ -541,9 +554,31 @@ void residual_branch_forward(float *out, const float *residual, const float *inp
 // Queries go in blocks of ATTENTION_BLOCK rows; block [r0,r1) needs keys
 // 0..r1-1 only, which skips most of the masked upper triangle. Each product is
 // a small matrix multiplication run by one thread; threads split the (b, h).
-// scratch holds two (ATTENTION_BLOCK, T) blocks per thread (P' lives there).
+// The head's K^T and V, which every query block multiplies by, are packed
+// for the matmul once per (b, h) rather than once per block.
 #define ATTENTION_BLOCK 64
-#define ATTENTION_SCRATCH_FLOATS(T) (2 * ATTENTION_BLOCK * (size_t)(T)) // per thread
+
+// Per thread, scratch holds two (ATTENTION_BLOCK, T) blocks (P', dS) and one
+// head's keys and values packed, each part starting on a 64-byte cache line.
+typedef struct { float *block, *second_block, *keys, *values; } AttentionScratch;
+#define LINE_FLOATS 16
+static size_t whole_lines(size_t floats) { return (floats + LINE_FLOATS - 1) / LINE_FLOATS * LINE_FLOATS; }
+
+size_t attention_scratch_floats(int T, int hs) {
+    return LINE_FLOATS /* to align the start */ + 2 * whole_lines(ATTENTION_BLOCK * (size_t)T) +
+           whole_lines(gemm_packed_floats(hs, T)) + whole_lines(gemm_packed_floats(T, hs));
+}
+
+AttentionScratch attention_scratch(float *scratch, int T, int hs) {
+    const uintptr_t start = (uintptr_t)(scratch + (size_t)thread_id() * attention_scratch_floats(T, hs));
+    const uintptr_t line = LINE_FLOATS * sizeof(float);
+    AttentionScratch s;
+    s.block = (float *)((start + line - 1) / line * line);
+    s.second_block = s.block + whole_lines(ATTENTION_BLOCK * (size_t)T);
+    s.keys = s.second_block + whole_lines(ATTENTION_BLOCK * (size_t)T);
+    s.values = s.keys + whole_lines(gemm_packed_floats(hs, T));
+    return s;
+}
 
 void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                        int B, int T, int C, int NH, const DropoutSite *drop) {
@@ -557,11 +592,14 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
             const float *q = qkv + (size_t)b * T * row + h * hs, *k = q + C, *v = q + 2 * C;
             float *p = att + ((size_t)b * NH + h) * T * T;
             float *o = out + (size_t)b * T * C + h * hs;
-            float *dropped = scratch + (size_t)thread_id() * ATTENTION_SCRATCH_FLOATS(T);
+            const AttentionScratch mine = attention_scratch(scratch, T, hs);
+            float *dropped = mine.block;
+            const PackedMatrix k_transposed = gemm_pack(mine.keys, (StridedMatrix){k, 1, row}, hs, T);
+            const PackedMatrix v_all = gemm_pack(mine.values, (StridedMatrix){v, row, 1}, T, hs);
             for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
                 const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T;
-                const StridedMatrix q_block = {q + r0 * row, row, 1}, k_transposed = {k, 1, row};
-                gemm_serial(r1 - r0, r1, hs, q_block, k_transposed, p + (size_t)r0 * T, T, 0);
+                const StridedMatrix q_block = {q + r0 * row, row, 1};
+                gemm_packed(r1 - r0, r1, hs, q_block, k_transposed, p + (size_t)r0 * T, T, 0);
                 for (int t = r0; t < r1; t++) {
                     float *p_row = p + (size_t)t * T;
                     for (int u = 0; u <= t; u++) { p_row[u] *= scale; }
@@ -578,8 +616,7 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                 }
                 const StridedMatrix p_block = drop != NULL ? (StridedMatrix){dropped, r1, 1}
                                                            : (StridedMatrix){p + (size_t)r0 * T, T, 1};
-                const StridedMatrix v_all = {v, row, 1};
-                gemm_serial(r1 - r0, hs, r1, p_block, v_all, o + (size_t)r0 * C, C, 0);
+                gemm_packed(r1 - r0, hs, r1, p_block, v_all, o + (size_t)r0 * C, C, 0);
             }
         }
     }
@@ -606,8 +643,10 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             float *dq = dqkv + (size_t)b * T * row + h * hs, *dk = dq + C, *dv = dq + 2 * C;
             const float *p = att + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            float *ds = scratch + (size_t)thread_id() * ATTENTION_SCRATCH_FLOATS(T);
-            float *dropped = ds + ATTENTION_BLOCK * (size_t)T;
+            const AttentionScratch mine = attention_scratch(scratch, T, hs);
+            float *ds = mine.block, *dropped = mine.second_block;
+            const PackedMatrix v_transposed = gemm_pack(mine.keys, (StridedMatrix){v, 1, row}, hs, T);
+            const PackedMatrix k_all = gemm_pack(mine.values, (StridedMatrix){k, row, 1}, T, hs);
             for (int t = 0; t < T; t++) {
                 memset(dk + t * row, 0, (size_t)hs * sizeof(float));
                 memset(dv + t * row, 0, (size_t)hs * sizeof(float));
@@ -626,8 +665,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                 }
                 const StridedMatrix do_block = {dO + (size_t)r0 * C, C, 1};
                 gemm_serial(r1, hs, rows, p_transposed, do_block, dv, row, 1);
-                const StridedMatrix v_transposed = {v, 1, row};
-                gemm_serial(rows, r1, hs, do_block, v_transposed, ds, r1, 0);
+                gemm_packed(rows, r1, hs, do_block, v_transposed, ds, r1, 0);
                 for (int t = r0; t < r1; t++) {
                     const float *p_row = p + (size_t)t * T;
                     float *ds_row = ds + (size_t)(t - r0) * r1;
@@ -636,8 +674,8 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                     for (int u = 0; u <= t; u++) { ds_row[u] = p_row[u] * (ds_row[u] - weighted_sum) * scale; }
                     for (int u = t + 1; u < r1; u++) { ds_row[u] = 0.0f; }
                 }
-                const StridedMatrix ds_block = {ds, r1, 1}, k_all = {k, row, 1};
-                gemm_serial(rows, hs, r1, ds_block, k_all, dq + r0 * row, row, 0);
+                const StridedMatrix ds_block = {ds, r1, 1};
+                gemm_packed(rows, hs, r1, ds_block, k_all, dq + r0 * row, row, 0);
                 const StridedMatrix ds_transposed = {ds, 1, r1}, q_block = {q + r0 * row, row, 1};
                 gemm_serial(r1, hs, rows, ds_transposed, q_block, dk, row, 1);
             }
@@ -1117,7 +1155,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     // An upper bound of all the floats below; sizes are size_t, 32 bits on some hosts.
     const double c = cfg->channels, per_position = cfg->num_layers * (16 * c + (double)cfg->num_heads * T + 8) + 16 * c;
     const double floats = (double)B * T * (per_position + 4 * c) + (double)B * (cfg->num_heads * (double)T + 32 * c + cfg->num_labels + 8) +
-                          (double)max_threads() * ATTENTION_SCRATCH_FLOATS(T) + (LM_CHUNK_ROWS + c) * (double)cfg->padded_vocab_size + (double)B * T * (c + 1);
+                          (double)max_threads() * attention_scratch_floats(T, cfg->channels / cfg->num_heads) + (LM_CHUNK_ROWS + c) * (double)cfg->padded_vocab_size + (double)B * T * (c + 1);
     if (floats * sizeof(float) > (double)SIZE_MAX) { fail("a batch of %d x %d tokens needs more memory than this machine can address", B, T); }
     size_t sizes[NUM_ACTIVATION_TENSORS];
     activation_sizes(sizes, *cfg, B, T);
@@ -1130,7 +1168,7 @@ void gpt2_ensure_buffers(GPT2 *model, int B, int T) {
     const size_t lm = is_language_model(cfg), Vp = cfg->padded_vocab_size;
     enum { NUM_BUFFERS = 19 };
     const size_t buf_sizes[NUM_BUFFERS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C,
-                                           (size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T),
+                                           (size_t)max_threads() * attention_scratch_floats(T, cfg->channels / cfg->num_heads),
                                            (lm ? BT : (size_t)B) * C, B * K, B * C, B * C, B * C,
                                            lm * BT * C, lm * BT * C, lm * (BT < LM_CHUNK_ROWS ? BT : LM_CHUNK_ROWS) * Vp, lm * Vp * C,
                                            lm * BT * C, lm * BT};
@@ -2813,11 +2851,14 @@ typedef struct {
 } APanels;
 
 // The block of rows row0..row0+rows and depth k0..k0+kc of A (M,K) for the
-// micro-kernel: A itself if its rows are contiguous, else packed into
-// `buffer` as MR-tall panels (the panels of A^T).
-APanels a_block(float *buffer, StridedMatrix a, int row0, int rows, int k0, int kc) {
-    if (a.col_stride == 1) {
-        return (APanels){a.data + (long)row0 * a.row_stride + k0, GEMM_MR * a.row_stride, a.row_stride, 1};
+// micro-kernel, which multiplies it by `cols` columns of B: A itself if its
+// rows are contiguous, or if one panel of B is all there is (then each
+// element of A is read once either way, and a copy would only add a pass);
+// else packed into `buffer` as MR-tall panels (the panels of A^T).
+APanels a_block(float *buffer, StridedMatrix a, int row0, int rows, int k0, int kc, int cols) {
+    if (a.col_stride == 1 || cols <= GEMM_NR) {
+        return (APanels){a.data + (long)row0 * a.row_stride + (long)k0 * a.col_stride, GEMM_MR * a.row_stride,
+                         a.row_stride, a.col_stride};
     }
     const StridedMatrix a_transposed = {a.data, a.col_stride, a.row_stride};
     for (int i = 0; i < rows; i += GEMM_MR) {
@@ -2916,12 +2957,14 @@ void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a
 }
 #endif
 
-// C[0:rows, 0:cols] (+)= A block . packed B block.
-void gemm_block(APanels a, const float *b_panels, int kc, int rows, int cols, float *c, long ldc, int accumulate) {
+// C[0:rows, 0:cols] (+)= A block . packed B block, whose NR-wide panels
+// (kc deep) start panel_floats apart.
+void gemm_block(APanels a, const float *b_panels, long panel_floats, int kc, int rows, int cols, float *c, long ldc,
+                int accumulate) {
     for (int i = 0; i < rows; i += GEMM_MR) {
         const float *a_panel = a.data + (i / GEMM_MR) * a.panel_stride;
         for (int j = 0; j < cols; j += GEMM_NR) {
-            gemm_microkernel(kc, a_panel, a.row_stride, a.k_stride, b_panels + (size_t)j * kc, c + (long)i * ldc + j,
+            gemm_microkernel(kc, a_panel, a.row_stride, a.k_stride, b_panels + j / GEMM_NR * panel_floats, c + (long)i * ldc + j,
                              ldc, rows - i < GEMM_MR ? rows - i : GEMM_MR, cols - j < GEMM_NR ? cols - j : GEMM_NR,
                              accumulate);
         }
@@ -2957,19 +3000,34 @@ void gemm_workspace_release(void) {
     gemm_workspace_threads = 0;
 }
 
+// An empty product: true if there is nothing to multiply, after zeroing C
+// where K = 0 asks for C = 0.
+static int gemm_is_empty(int M, int N, int K, float *c, long ldc, int accumulate) {
+    if (M <= 0 || N <= 0) { return 1; }
+    if (K > 0) { return 0; }
+    if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
+    return 1;
+}
+
+// C[:, 0:cols] (+)= A[:, k0:k0+kc] . one packed slice of B, MC rows at a time.
+static void gemm_slice(int M, StridedMatrix a, int k0, int kc, const float *b_panels, long panel_floats, int cols,
+                       float *c, long ldc, int accumulate) {
+    float *a_buffer = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
+    for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
+        const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
+        const APanels a_panels = a_block(a_buffer, a, row0, rows, k0, kc, cols);
+        gemm_block(a_panels, b_panels, panel_floats, kc, rows, cols, c + (long)row0 * ldc, ldc, accumulate);
+    }
+}
+
 // gemm on the calling thread alone (used directly inside parallel loops).
 void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
 #ifdef GEMM_REFERENCE
     gemm_reference(M, N, K, a, b, c, ldc, accumulate);
     return;
 #endif
-    if (M <= 0 || N <= 0) { return; }
-    if (K <= 0) {
-        if (!accumulate) { for (int i = 0; i < M; i++) { memset(c + (long)i * ldc, 0, (size_t)N * sizeof(float)); } }
-        return;
-    }
-    float *a_buffer = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS;
-    float *b_panels = a_buffer + GEMM_A_BLOCK_FLOATS;
+    if (gemm_is_empty(M, N, K, c, ldc, accumulate)) { return; }
+    float *b_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS + GEMM_A_BLOCK_FLOATS;
     for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
         const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
         for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
@@ -2977,12 +3035,33 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
             for (int j = 0; j < cols; j += GEMM_NR) {
                 pack_b_panel(b_panels + (size_t)j * kc, b, col0 + j, cols - j < GEMM_NR ? cols - j : GEMM_NR, k0, kc);
             }
-            for (int row0 = 0; row0 < M; row0 += GEMM_MC) {
-                const int rows = M - row0 < GEMM_MC ? M - row0 : GEMM_MC;
-                const APanels a_panels = a_block(a_buffer, a, row0, rows, k0, kc);
-                gemm_block(a_panels, b_panels, kc, rows, cols, c + (long)row0 * ldc + col0, ldc, accumulate || k0 > 0);
-            }
+            gemm_slice(M, a, k0, kc, b_panels, (long)kc * GEMM_NR, cols, c + col0, ldc, accumulate || k0 > 0);
         }
+    }
+}
+
+// A whole B (K,N) packed as NR-wide panels K deep: panel p at panels + p*K*NR.
+size_t gemm_packed_floats(int K, int N) { return (size_t)K * ((N + GEMM_NR - 1) / GEMM_NR * GEMM_NR); }
+
+PackedMatrix gemm_pack(float *panels, StridedMatrix b, int K, int N) {
+#ifndef GEMM_REFERENCE
+    for (int j = 0; j < N; j += GEMM_NR) { pack_b_panel(panels + (size_t)j * K, b, j, N - j < GEMM_NR ? N - j : GEMM_NR, 0, K); }
+#endif
+    return (PackedMatrix){b, panels, K};
+}
+
+// gemm_serial's slices of K, on a B already packed: the slice k0..k0+kc of a
+// panel is its rows k0.. (NR floats each), so no copy is needed.
+void gemm_packed(int M, int N, int K, StridedMatrix a, PackedMatrix b, float *c, long ldc, int accumulate) {
+#ifdef GEMM_REFERENCE
+    gemm_reference(M, N, K, a, b.source, c, ldc, accumulate);
+    return;
+#endif
+    if (gemm_is_empty(M, N, K, c, ldc, accumulate)) { return; }
+    if (K > b.depth) { fail("gemm_packed: %d rows of B asked of a packing %d deep", K, b.depth); }
+    for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+        const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+        gemm_slice(M, a, k0, kc, b.panels + (size_t)k0 * GEMM_NR, (long)b.depth * GEMM_NR, N, c, ldc, accumulate || k0 > 0);
     }
 }
 

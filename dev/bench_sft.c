@@ -238,7 +238,7 @@ static void bench_attention(int B, int T, int C, int NH, int reps) {
     float *dqkv = (float *)malloc_or_die(n_qkv * sizeof(float), "dqkv");
     float *out = (float *)malloc_or_die(n_out * sizeof(float), "out");
     float *att = (float *)malloc_or_die((size_t)B * NH * T * T * sizeof(float), "att");
-    float *scratch = (float *)malloc_or_die((size_t)max_threads() * ATTENTION_SCRATCH_FLOATS(T) * sizeof(float), "scratch");
+    float *scratch = (float *)malloc_or_die((size_t)max_threads() * attention_scratch_floats(T, C / NH) * sizeof(float), "scratch");
     fill_random(qkv, n_qkv, 4);
     fill_random(out, n_out, 5);
     const int hs = C / NH;

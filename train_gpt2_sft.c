@@ -3054,7 +3054,9 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
 size_t gemm_packed_floats(int K, int N) { return (size_t)K * ((N + GEMM_NR - 1) / GEMM_NR * GEMM_NR); }
 
 PackedMatrix gemm_pack(float *panels, StridedMatrix b, int K, int N) {
-#ifndef GEMM_REFERENCE
+#ifdef GEMM_REFERENCE
+    (void)N; // the reference kernel reads `source`, not the panels
+#else
     for (int j = 0; j < N; j += GEMM_NR) { pack_b_panel(panels + (size_t)j * K, b, j, N - j < GEMM_NR ? N - j : GEMM_NR, 0, K); }
 #endif
     return (PackedMatrix){b, panels, K};

@@ -2725,9 +2725,10 @@ int32_t read_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v
 int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
 
 // ----------------------------------------------------------------------------
-// Appendix A: the fast matrix multiplication. gemm, gemm_serial and
-// gemm_workspace_reserve, declared with gemm_reference at the start of the
-// file, compute what gemm_reference specifies, up to float rounding.
+// Appendix A: the fast matrix multiplication. gemm, gemm_serial,
+// gemm_packed (with gemm_pack) and gemm_workspace_reserve, declared with
+// gemm_reference at the start of the file, compute what gemm_reference
+// specifies, up to float rounding.
 //
 // The classic blocked scheme (Goto; BLIS): for each KC-deep slice of K, a
 // (KC x NC) block of B is copied ("packed") into NR-wide panels that stay in
@@ -2736,7 +2737,8 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // rows are contiguous (inp in X W^T, dout in dX = dY W, P in P V) is read in
 // place instead: the kernel reads MR rows as easily as one packed panel, and
 // the copy is saved, most where N is small (V has hs columns), so that a
-// packed element of A would feed few multiply-adds. Threads
+// packed element of A would feed few multiply-adds; so is any A multiplied
+// by a single panel of B (attention's P'^T dO), which reads it once. Threads
 // each take one rectangle of C and run this on it alone: no synchronisation
 // inside a product, and every element of C is summed in the same order
 // whatever the number of threads.

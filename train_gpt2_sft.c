@@ -280,6 +280,13 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
     }
 }
 
+// Sums over rows (parameter gradients) are taken REDUCE_COLUMNS columns at a
+// time, in one fixed order of rows whatever the thread count. The running
+// sums stay in a local block (registers) rather than in the gradient, whose
+// store and reload on every row would chain the additions through memory
+// (2x slower).
+#define REDUCE_COLUMNS 64
+
 // With xhat = (x - mean) * rstd and y = xhat * w + b:
 //   dw += sum_rows dy * xhat,   db += sum_rows dy
 //   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w
@@ -319,17 +326,20 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     }
     // Parameter gradients reduce over rows: threads split channels instead.
     #pragma omp parallel for schedule(static)
-    for (int c0 = 0; c0 < C; c0 += 32) {
-        const int c1 = c0 + 32 < C ? c0 + 32 : C;
+    for (int c0 = 0; c0 < C; c0 += REDUCE_COLUMNS) {
+        const int width = C - c0 < REDUCE_COLUMNS ? C - c0 : REDUCE_COLUMNS;
+        float dw[REDUCE_COLUMNS], db[REDUCE_COLUMNS];
+        for (int i = 0; i < width; i++) { dw[i] = dweight[c0 + i]; db[i] = dbias[c0 + i]; }
         for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C;
-            const float *dy = dout + (size_t)n * C;
+            const float *x = inp + (size_t)n * C + c0;
+            const float *dy = dout + (size_t)n * C + c0;
             const float m = mean[n], s = rstd[n];
-            for (int i = c0; i < c1; i++) {
-                dweight[i] += dy[i] * ((x[i] - m) * s);
-                dbias[i] += dy[i];
+            for (int i = 0; i < width; i++) {
+                dw[i] += dy[i] * ((x[i] - m) * s);
+                db[i] += dy[i];
             }
         }
+        for (int i = 0; i < width; i++) { dweight[c0 + i] = dw[i]; dbias[c0 + i] = db[i]; }
     }
 }
 
@@ -364,15 +374,18 @@ void scatter_add_last_positions(float *x, const float *rows, const int *lengths,
 }
 
 // dbias[o] += sum_n dout[n, o], rows `stride` floats apart. Threads split the
-// outputs, so each sum runs in one fixed order.
+// outputs, so each sum runs in one fixed order, in a local block of sums.
 void bias_backward(float *dbias, const float *dout, long stride, int N, int OC) {
     #pragma omp parallel for schedule(static)
-    for (int o0 = 0; o0 < OC; o0 += 64) {
-        const int o1 = o0 + 64 < OC ? o0 + 64 : OC;
+    for (int o0 = 0; o0 < OC; o0 += REDUCE_COLUMNS) {
+        const int width = OC - o0 < REDUCE_COLUMNS ? OC - o0 : REDUCE_COLUMNS;
+        float sums[REDUCE_COLUMNS];
+        for (int o = 0; o < width; o++) { sums[o] = dbias[o0 + o]; }
         for (int n = 0; n < N; n++) {
-            const float *d = dout + n * stride;
-            for (int o = o0; o < o1; o++) { dbias[o] += d[o]; }
+            const float *d = dout + n * stride + o0;
+            for (int o = 0; o < width; o++) { sums[o] += d[o]; }
         }
+        for (int o = 0; o < width; o++) { dbias[o0 + o] = sums[o]; }
     }
 }
 

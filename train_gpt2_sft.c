@@ -2820,17 +2820,20 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
-// (MR x KC, 12 KiB) in L1 while it sweeps the NR-wide panels of the packed
-// (KC x NC) block of B (1.5 MiB, in L2 or L3) along a strip of C's rows, so C
-// is read and written in long runs of the same rows (pages stay in the TLB);
+// (MR x KC, 24 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (KC x NC) block of B (3 MiB, in L3) along a strip of C's rows, so C is
+// read and written in long runs of the same rows (pages stay in the TLB);
 // the (MC x KC) block of A waits in L2/L3. A deeper slice means fewer passes
-// over C and fewer micro-kernel calls per multiply-add. Tuned with
-// dev/bench_matmul.py at the GPT-2 124M shapes: on Zen 4 (32 KiB L1, 1 MiB
-// L2) with the 6 x 64 tile, KC 512 beat 256 by 1-5% on most products, and
-// the B block's outgrowing L2 cost nothing measurable (NC 384, 768 KiB, was
-// slower); MC 120 or 480 measured the same as 240.
+// over C and fewer micro-kernel calls per multiply-add; K is cut into equal
+// slices of at most KC (gemm_slice_depth). Tuned with dev/bench_matmul.py at
+// the GPT-2 124M shapes: on Zen 4 (32 KiB L1, 1 MiB L2) with the 6 x 64
+// tile, KC 512 beat 256 by 1-5% on most products, and KC 1024 in equal
+// slices beat 512 by 3-10% on the forward and dinp products (K = 768 in one
+// slice, not 512 + 256), the same on dweight; the B block's outgrowing L2
+// cost nothing measurable (NC 384 was slower); MC 120 or 480 measured the
+// same as 240.
 #ifndef GEMM_KC
-#define GEMM_KC 512  // depth of one packed slice
+#define GEMM_KC 1024 // the deepest packed slice
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
@@ -2844,7 +2847,12 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // reading along whichever direction is contiguous in memory.
 static inline void pack_panel(float *panel, StridedMatrix m, int col0, int cols, int k0, int kc, int width) {
     const float *src = m.data + (long)k0 * m.row_stride + (long)col0 * m.col_stride;
-    if (m.col_stride == 1) { // a panel's row is contiguous
+    if (m.col_stride == 1 && cols == width) { // a panel's row is contiguous, and whole:
+        for (int k = 0; k < kc; k++) {           // a copy of fixed length (width is a constant)
+            const float *row = src + (long)k * m.row_stride;
+            for (int j = 0; j < width; j++) { panel[k * width + j] = row[j]; }
+        }
+    } else if (m.col_stride == 1) {
         for (int k = 0; k < kc; k++) {
             const float *row = src + (long)k * m.row_stride;
             for (int j = 0; j < cols; j++) { panel[k * width + j] = row[j]; }
@@ -2885,9 +2893,17 @@ APanels a_block(float *buffer, StridedMatrix a, int row0, int rows, int k0, int 
         return (APanels){a.data + (long)row0 * a.row_stride + (long)k0 * a.col_stride, GEMM_MR * a.row_stride,
                          a.row_stride, a.col_stride};
     }
+    // Sixteen steps of k at a time for all the panels, so that the sixteen
+    // rows of A^T they read stay in L1 until every panel has taken its MR
+    // floats of each (one panel all the way down kc would read a cache line
+    // per step and find it evicted by the time the next panel needs it).
     const StridedMatrix a_transposed = {a.data, a.col_stride, a.row_stride};
-    for (int i = 0; i < rows; i += GEMM_MR) {
-        pack_panel(buffer + (size_t)i * kc, a_transposed, row0 + i, rows - i < GEMM_MR ? rows - i : GEMM_MR, k0, kc, GEMM_MR);
+    for (int kb = 0; kb < kc; kb += 16) {
+        const int depth = kc - kb < 16 ? kc - kb : 16;
+        for (int i = 0; i < rows; i += GEMM_MR) {
+            pack_panel(buffer + (size_t)i * kc + (size_t)kb * GEMM_MR, a_transposed, row0 + i,
+                       rows - i < GEMM_MR ? rows - i : GEMM_MR, k0 + kb, depth, GEMM_MR);
+        }
     }
     return (APanels){buffer, (long)GEMM_MR * kc, 1, GEMM_MR};
 }
@@ -3045,6 +3061,15 @@ static void gemm_slice(int M, StridedMatrix a, int k0, int kc, const float *b_pa
     }
 }
 
+// The depth of the slices that K is cut into: at most GEMM_KC, and equal
+// (rounded up to 16) so that no thin last slice costs a pass over C of its
+// own: K = 768 with GEMM_KC 1024 is one slice, K = 2304 three of 768.
+static int gemm_slice_depth(int K) {
+    const int slices = (K + GEMM_KC - 1) / GEMM_KC;
+    const int depth = (K + slices - 1) / slices;
+    return (depth + 15) / 16 * 16;
+}
+
 // gemm on the calling thread alone (used directly inside parallel loops).
 void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
 #ifdef GEMM_REFERENCE
@@ -3053,10 +3078,11 @@ void gemm_serial(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c
 #endif
     if (gemm_is_empty(M, N, K, c, ldc, accumulate)) { return; }
     float *b_panels = gemm_workspace + (size_t)thread_id() * GEMM_THREAD_FLOATS + GEMM_A_BLOCK_FLOATS;
+    const int depth = gemm_slice_depth(K);
     for (int col0 = 0; col0 < N; col0 += GEMM_NC) {
         const int cols = N - col0 < GEMM_NC ? N - col0 : GEMM_NC;
-        for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
-            const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+        for (int k0 = 0; k0 < K; k0 += depth) {
+            const int kc = K - k0 < depth ? K - k0 : depth;
             for (int j = 0; j < cols; j += GEMM_NR) {
                 pack_b_panel(b_panels + (size_t)j * kc, b, col0 + j, cols - j < GEMM_NR ? cols - j : GEMM_NR, k0, kc);
             }
@@ -3086,8 +3112,9 @@ void gemm_packed(int M, int N, int K, StridedMatrix a, PackedMatrix b, float *c,
 #endif
     if (gemm_is_empty(M, N, K, c, ldc, accumulate)) { return; }
     if (K > b.depth) { fail("gemm_packed: %d rows of B asked of a packing %d deep", K, b.depth); }
-    for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
-        const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+    const int depth = gemm_slice_depth(K);
+    for (int k0 = 0; k0 < K; k0 += depth) {
+        const int kc = K - k0 < depth ? K - k0 : depth;
         gemm_slice(M, a, k0, kc, b.panels + (size_t)k0 * GEMM_NR, (long)b.depth * GEMM_NR, N, c, ldc, accumulate || k0 > 0);
     }
 }

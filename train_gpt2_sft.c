@@ -2898,8 +2898,9 @@ APanels a_block(float *buffer, StridedMatrix a, int row0, int rows, int k0, int 
     // floats of each (one panel all the way down kc would read a cache line
     // per step and find it evicted by the time the next panel needs it).
     const StridedMatrix a_transposed = {a.data, a.col_stride, a.row_stride};
-    for (int kb = 0; kb < kc; kb += 16) {
-        const int depth = kc - kb < 16 ? kc - kb : 16;
+    const int steps = 16;
+    for (int kb = 0; kb < kc; kb += steps) {
+        const int depth = kc - kb < steps ? kc - kb : steps;
         for (int i = 0; i < rows; i += GEMM_MR) {
             pack_panel(buffer + (size_t)i * kc + (size_t)kb * GEMM_MR, a_transposed, row0 + i,
                        rows - i < GEMM_MR ? rows - i : GEMM_MR, k0 + kb, depth, GEMM_MR);
@@ -3061,13 +3062,14 @@ static void gemm_slice(int M, StridedMatrix a, int k0, int kc, const float *b_pa
     }
 }
 
-// The depth of the slices that K is cut into: at most GEMM_KC, and equal
-// (rounded up to 16) so that no thin last slice costs a pass over C of its
-// own: K = 768 with GEMM_KC 1024 is one slice, K = 2304 three of 768.
+// The depth of the slices that K is cut into: equal (rounded up to 16) so
+// that no thin last slice costs a pass over C of its own, and never more
+// than GEMM_KC, the packing buffers' depth (a -DGEMM_KC need not be a
+// multiple of 16): K = 768 with GEMM_KC 1024 is one slice, K = 2304 three of 768.
 static int gemm_slice_depth(int K) {
     const int slices = (K + GEMM_KC - 1) / GEMM_KC;
-    const int depth = (K + slices - 1) / slices;
-    return (depth + 15) / 16 * 16;
+    const int depth = ((K + slices - 1) / slices + 15) / 16 * 16;
+    return depth < GEMM_KC ? depth : GEMM_KC;
 }
 
 // gemm on the calling thread alone (used directly inside parallel loops).

@@ -485,7 +485,7 @@ static double matmul_case(GemmKernel kernel, int M, int N, int K, int a_transpos
 
 // The fast matrix multiplication (gemm, on several threads, gemm_serial and
 // gemm_packed) against gemm_reference: odd shapes, shapes that cross the register tile
-// (GEMM_MR x GEMM_NR) and the blocks (GEMM_MC, GEMM_KC, GEMM_NC), K = 0; for
+// (GEMM_MR x GEMM_NR) and the blocks (GEMM_MC, GEMM_KC, GEMM_NC, GEMM_A_STRIP), K = 0; for
 // each, both storage orders of A and of B, with and without accumulate.
 // A new kernel joins by adding a line to `kernels`.
 static void selfcheck_matmul(void) {
@@ -495,6 +495,7 @@ static void selfcheck_matmul(void) {
         {67, 129, 300}, {300, 67, 129}, {129, 13, 67},
         {GEMM_MC, GEMM_NR, GEMM_KC}, {GEMM_MC + 1, GEMM_NR + 3, GEMM_KC + 2},
         {13, 67, 770}, {37, GEMM_NC + 6, 13}, {GEMM_NC + 6, 5, 7}, {29, 3 * GEMM_NR + 5, GEMM_KC + 40},
+        {GEMM_A_STRIP + 7, GEMM_NC + 6, 16}, {13, GEMM_NC + 6, GEMM_KC + 40},
     };
     const MatmulUnderTest kernels[] = {
         {"gemm", gemm, 1},

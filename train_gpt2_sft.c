@@ -2752,9 +2752,10 @@ int64_t read_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v
 // the copy is saved, most where N is small (V has hs columns), so that a
 // packed element of A would feed few multiply-adds; so is any A multiplied
 // by a single panel of B (attention's P'^T dO), which reads it once. Threads
-// each take one rectangle of C and run this on it alone: no synchronisation
-// inside a product, and every element of C is summed in the same order
-// whatever the number of threads.
+// each take one rectangle of C; where those are strips of rows at most NC
+// wide they share the packing of B (one barrier per slice of K), elsewhere
+// each runs the product on its rectangle alone. Every element of C is summed
+// in the same order whatever the number of threads.
 
 // The micro-kernel holds an (MR x NR) tile of C in vector registers and adds
 // one outer product a[k,:]^T b[k,:] to it per step of k: NR/VF vector loads of
@@ -3031,15 +3032,18 @@ void gemm_block(APanels a, const float *b_panels, long panel_floats, int kc, int
     }
 }
 
-// Packing buffers, one A block and one B block per thread, allocated once and
-// aligned to 64 bytes (a cache line), so that no vector load of a packed panel
-// of B straddles two lines (each panel is a multiple of 64 bytes long).
+// Packing buffers, one A block and one B block per thread and two B blocks
+// that gemm's threads share, allocated once and aligned to 64 bytes (a cache
+// line), so that no vector load of a packed panel of B straddles two lines
+// (each panel is a multiple of 64 bytes long).
 #define GEMM_ALIGN_FLOATS 16
 #define GEMM_ROUND_UP(n) (((n) + GEMM_ALIGN_FLOATS - 1) / GEMM_ALIGN_FLOATS * GEMM_ALIGN_FLOATS)
 #define GEMM_A_BLOCK_FLOATS GEMM_ROUND_UP((size_t)(GEMM_A_STRIP > GEMM_MC ? GEMM_A_STRIP : GEMM_MC) * GEMM_KC)
-#define GEMM_THREAD_FLOATS (GEMM_A_BLOCK_FLOATS + GEMM_ROUND_UP((size_t)GEMM_NC * GEMM_KC))
+#define GEMM_B_BLOCK_FLOATS GEMM_ROUND_UP((size_t)GEMM_NC * GEMM_KC)
+#define GEMM_THREAD_FLOATS (GEMM_A_BLOCK_FLOATS + GEMM_B_BLOCK_FLOATS)
 static void *gemm_workspace_memory = NULL; // as allocated
-static float *gemm_workspace = NULL;       // its first 64-byte boundary
+static float *gemm_shared_b = NULL;        // its first 64-byte boundary: the two shared B blocks
+static float *gemm_workspace = NULL;       // then each thread's A and B blocks
 static int gemm_workspace_threads = 0;
 
 // Call outside parallel regions, before any gemm.
@@ -3047,15 +3051,18 @@ void gemm_workspace_reserve(void) {
     const int threads = max_threads();
     if (threads <= gemm_workspace_threads) { return; }
     free(gemm_workspace_memory);
-    gemm_workspace_memory = malloc_or_die((threads * GEMM_THREAD_FLOATS + GEMM_ALIGN_FLOATS) * sizeof(float), "gemm workspace");
+    const size_t floats = 2 * GEMM_B_BLOCK_FLOATS + threads * GEMM_THREAD_FLOATS + GEMM_ALIGN_FLOATS;
+    gemm_workspace_memory = malloc_or_die(floats * sizeof(float), "gemm workspace");
     const uintptr_t line = GEMM_ALIGN_FLOATS * sizeof(float);
-    gemm_workspace = (float *)(((uintptr_t)gemm_workspace_memory + line - 1) / line * line);
+    gemm_shared_b = (float *)(((uintptr_t)gemm_workspace_memory + line - 1) / line * line);
+    gemm_workspace = gemm_shared_b + 2 * GEMM_B_BLOCK_FLOATS;
     gemm_workspace_threads = threads;
 }
 
 void gemm_workspace_release(void) {
     free(gemm_workspace_memory);
     gemm_workspace_memory = NULL;
+    gemm_shared_b = NULL;
     gemm_workspace = NULL;
     gemm_workspace_threads = 0;
 }
@@ -3179,10 +3186,51 @@ int split_point(int n, int unit, int part, int parts) {
     return point < n ? (int)point : n;
 }
 
-// gemm with C cut into one rectangle per thread, along its longer side.
-// Not for use inside a parallel region (use gemm_serial there).
+// gemm for C at most NC wide and at least as tall: threads take strips of
+// C's rows and share each packed slice of B instead of each packing all of
+// it (then the copying per thread would stay the same with more threads
+// while each one's share of the multiply-adds shrank). Every thread packs
+// its share of the slice's panels and, after a barrier, multiplies its rows
+// by the whole slice. Two buffers alternate,
+// so one barrier per slice is enough: a thread packing slice i+1 has passed
+// barrier i, which no thread reaches before it has finished slice i-1, the
+// last user of that buffer. (A thread with no rows still packs its share.)
+static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc,
+                                int accumulate) {
+    const int depth = gemm_slice_depth(K);
+    #pragma omp parallel
+    {
+#ifdef _OPENMP
+        const int part = omp_get_thread_num(), parts = omp_get_num_threads();
+#else
+        const int part = 0, parts = 1;
+#endif
+        const int r0 = split_point(M, GEMM_MR, part, parts), r1 = split_point(M, GEMM_MR, part + 1, parts);
+        const int j0 = split_point(N, GEMM_NR, part, parts), j1 = split_point(N, GEMM_NR, part + 1, parts);
+        const StridedMatrix a_part = {a.data + (long)r0 * a.row_stride, a.row_stride, a.col_stride};
+        for (int k0 = 0, slice = 0; k0 < K; k0 += depth, slice++) {
+            const int kc = K - k0 < depth ? K - k0 : depth;
+            float *b_panels = gemm_shared_b + (size_t)(slice % 2) * GEMM_B_BLOCK_FLOATS;
+            pack_b_block(b_panels + (size_t)j0 * kc, b, j0, j1 - j0, k0, kc);
+            #pragma omp barrier
+            gemm_slice(r1 - r0, a_part, k0, kc, b_panels, (long)kc * GEMM_NR, N, c + (long)r0 * ldc, ldc,
+                       accumulate || k0 > 0);
+        }
+    }
+}
+
+// gemm with C cut into one rectangle per thread, along its longer side,
+// each computed by gemm_serial (which packs its own B). Not for use inside a
+// parallel region (use gemm_serial there).
 void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc, int accumulate) {
     gemm_workspace_reserve();
+#ifndef GEMM_REFERENCE
+    if (gemm_is_empty(M, N, K, c, ldc, accumulate)) { return; }
+    if (M >= N && N <= GEMM_NC) {
+        gemm_rows_sharing_b(M, N, K, a, b, c, ldc, accumulate);
+        return;
+    }
+#endif
     #pragma omp parallel
     {
 #ifdef _OPENMP

@@ -3187,14 +3187,16 @@ int split_point(int n, int unit, int part, int parts) {
 }
 
 // gemm for C at most NC wide and at least as tall: threads take strips of
-// C's rows and share each packed slice of B instead of each packing all of
-// it (then the copying per thread would stay the same with more threads
+// C's rows and share each packed slice of B, instead of each packing all of
+// it (the copying per thread would then stay the same with more threads
 // while each one's share of the multiply-adds shrank). Every thread packs
 // its share of the slice's panels and, after a barrier, multiplies its rows
-// by the whole slice. Two buffers alternate,
-// so one barrier per slice is enough: a thread packing slice i+1 has passed
-// barrier i, which no thread reaches before it has finished slice i-1, the
-// last user of that buffer. (A thread with no rows still packs its share.)
+// by the whole slice. Two buffers alternate, so one barrier per slice is
+// enough: a thread packing slice i+1 has passed barrier i, which no thread
+// reaches before it has finished slice i-1, the last user of that buffer.
+// (A thread with no rows still packs its share.) On 2 threads, timed
+// alternately with each thread packing all of B in one process, medians
+// 0-4% faster at GPT-2 124M's dweight and forward shapes.
 static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc,
                                 int accumulate) {
     const int depth = gemm_slice_depth(K);

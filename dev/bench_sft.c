@@ -287,8 +287,8 @@ static void print_build(void) {
 #else
     const char *compiler = "unknown";
 #endif
-    printf("build: cpu \"%s\" compiler \"%s\" matmul %s tile %dx%d blocks MC %d KC %d NC %d threads %d\n", cpu, compiler,
-           GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, max_threads());
+    printf("build: cpu \"%s\" compiler \"%s\" matmul %s tile %dx%d blocks MC %d KC %d NC %d A strip %d threads %d\n", cpu, compiler,
+           GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, GEMM_A_STRIP, max_threads());
 }
 
 int main(int argc, char **argv) {

@@ -3197,6 +3197,7 @@ int split_point(int n, int unit, int part, int parts) {
 // (A thread with no rows still packs its share.) On 2 threads, timed
 // alternately with each thread packing all of B in one process, medians
 // 0-4% faster at GPT-2 124M's dweight and forward shapes.
+#ifndef GEMM_REFERENCE // (the reference build multiplies with gemm_reference everywhere)
 static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc,
                                 int accumulate) {
     const int depth = gemm_slice_depth(K);
@@ -3220,6 +3221,8 @@ static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMat
         }
     }
 }
+
+#endif
 
 // gemm with C cut into one rectangle per thread, along its longer side,
 // each computed by gemm_serial (which packs its own B). Not for use inside a

@@ -173,6 +173,7 @@ void gemm_packed(int M, int N, int K, StridedMatrix a, PackedMatrix b, float *c,
 // the loops using it vectorize (appendix B).
 int max_threads(void);
 int thread_id(void);
+int team_threads(void); // threads in the current parallel region (1 outside one)
 static inline float exp_fast(float x);
 
 // Reductions over a row (softmax, layernorm, the losses). A loop that adds
@@ -2718,6 +2719,14 @@ int thread_id(void) {
 #endif
 }
 
+int team_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 // ----------------------------------------------------------------------------
 // Little-endian file access. All formats are little-endian; on a big-endian
 // host we refuse to run rather than compute with scrambled numbers.
@@ -3203,11 +3212,7 @@ static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMat
     const int depth = gemm_slice_depth(K);
     #pragma omp parallel
     {
-#ifdef _OPENMP
-        const int part = omp_get_thread_num(), parts = omp_get_num_threads();
-#else
-        const int part = 0, parts = 1;
-#endif
+        const int part = thread_id(), parts = team_threads();
         const int r0 = split_point(M, GEMM_MR, part, parts), r1 = split_point(M, GEMM_MR, part + 1, parts);
         const int j0 = split_point(N, GEMM_NR, part, parts), j1 = split_point(N, GEMM_NR, part + 1, parts);
         const StridedMatrix a_part = {a.data + (long)r0 * a.row_stride, a.row_stride, a.col_stride};
@@ -3238,11 +3243,7 @@ void gemm(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long 
 #endif
     #pragma omp parallel
     {
-#ifdef _OPENMP
-        const int part = omp_get_thread_num(), parts = omp_get_num_threads();
-#else
-        const int part = 0, parts = 1;
-#endif
+        const int part = thread_id(), parts = team_threads();
         if (M >= N) {
             const int r0 = split_point(M, GEMM_MR, part, parts), r1 = split_point(M, GEMM_MR, part + 1, parts);
             StridedMatrix a_part = {a.data + (long)r0 * a.row_stride, a.row_stride, a.col_stride};

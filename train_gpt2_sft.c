@@ -2830,26 +2830,29 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
-// (MR x KC, 24 KiB) in L1 while it sweeps the NR-wide panels of the packed
-// (KC x NC) block of B (3 MiB, in L3) along a strip of C's rows, so C is
+// (MR x KC, 18 KiB) in L1 while it sweeps the NR-wide panels of the packed
+// (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
 // read and written in long runs of the same rows (pages stay in the TLB);
 // the (MC x KC) block of A waits in L2/L3. A deeper slice means fewer passes
 // over C and fewer micro-kernel calls per multiply-add; K is cut into equal
-// slices of at most KC (gemm_slice_depth). Tuned with dev/bench_matmul.py at
-// the GPT-2 124M shapes: on Zen 4 (32 KiB L1, 1 MiB L2) with the 6 x 64
-// tile, KC 512 beat 256 by 1-5% on most products, and KC 1024 in equal
-// slices beat 512 by 3-10% on the forward and dinp products (K = 768 in one
-// slice, not 512 + 256), the same on dweight; the B block's outgrowing L2
-// cost nothing measurable (NC 384 was slower); MC 120 or 480 measured the
-// same as 240.
+// slices of at most KC (gemm_slice_depth), so K = 768 is one slice. The B
+// block must fit in L2: each step of k reads NR floats of it (256 bytes for
+// 24 FMAs), more than an Intel core's L3 delivers. Tuned with
+// dev/bench_sft.c's matmul at the GPT-2 124M shapes, 2 threads, 6 x 64 tile:
+// on a Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024 with NC 768 (a 3 MiB
+// B block) ran at 40-58% of the FMA peak, KC 768 with NC 256 at 75-91%,
+// ahead of every other pair tried (KC 256-1024, NC 128-1536); on Zen 4 (32
+// KiB L1, 1 MiB L2, an L3 that fed the 3 MiB block) KC 1024 in equal slices
+// had beaten 512 by 3-10% on the forward and dinp products, by making K = 768
+// one slice, which KC 768 keeps. MC 120 or 480 measured the same as 240.
 #ifndef GEMM_KC
-#define GEMM_KC 1024 // the deepest packed slice
+#define GEMM_KC 768 // the deepest packed slice
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 768  // columns of B packed per block (a multiple of GEMM_NR)
+#define GEMM_NC 256  // columns of B packed per block (a multiple of GEMM_NR)
 #endif
 // A product that packs A and has more than NC columns would pack the same
 // rows of A again for every block of NC columns; instead it packs strips of
@@ -2965,6 +2968,11 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_ro
         __builtin_prefetch(c + i * ldc, 1);
         __builtin_prefetch(c + i * ldc + GEMM_NR - 1, 1);
     }
+    // four steps of k per trip round the loop: on Intel cores the loop's
+    // counter and branch take issue slots on the FMA ports, one in eight
+    // of a step's; unrolled, 6 x 64 with B in L2 ran 152-156 -> 174-178
+    // GFLOP/s on one core of a Xeon whose FMA peak is 225-230
+#pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         gemm_vector bk[GEMM_NV];
         for (int v = 0; v < GEMM_NV; v++) { bk[v] = vector_load(b + k * GEMM_NR + v * GEMM_VF); }
@@ -3099,7 +3107,7 @@ static void gemm_slice(int M, StridedMatrix a, int k0, int kc, const float *b_pa
 // The depth of the slices that K is cut into: equal (rounded up to 16) so
 // that no thin last slice costs a pass over C of its own, and never more
 // than GEMM_KC, the packing buffers' depth (a -DGEMM_KC need not be a
-// multiple of 16): K = 768 with GEMM_KC 1024 is one slice, K = 2304 three of 768.
+// multiple of 16): with GEMM_KC 768, K = 768 is one slice, K = 2048 three of 688.
 static int gemm_slice_depth(int K) {
     const int slices = (K + GEMM_KC - 1) / GEMM_KC;
     const int depth = ((K + slices - 1) / slices + 15) / 16 * 16;

@@ -2835,30 +2835,40 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // read and written in long runs of the same rows (pages stay in the TLB);
 // the (MC x KC) block of A waits in L2/L3. A deeper slice means fewer passes
 // over C and fewer micro-kernel calls per multiply-add; K is cut into equal
-// slices of at most KC (gemm_slice_depth), so K = 768 is one slice. The B
-// block must fit in L2: each step of k reads NR floats of it (256 bytes for
-// 24 FMAs), more than an Intel core's L3 delivers. Tuned with
-// dev/bench_sft.c's matmul at the GPT-2 124M shapes, 2 threads, 6 x 64 tile:
-// on a Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024 with NC 768 (a 3 MiB
-// B block) ran at 40-58% of the FMA peak, KC 768 with NC 256 at 75-91%,
-// ahead of every other pair tried (KC 256-1024, NC 128-1536); on Zen 4 (32
-// KiB L1, 1 MiB L2, an L3 that fed the 3 MiB block) KC 1024 in equal slices
-// had beaten 512 by 3-10% on the forward and dinp products, by making K = 768
-// one slice, which KC 768 keeps. MC 120 or 480 measured the same as 240.
+// slices of at most KC (gemm_slice_depth), so K = 768 is one slice. Each
+// step of k reads NR floats of the B block (256 bytes for 24 FMAs with the
+// 6 x 64 tile), more than an Intel core's L3 delivers, so there the block
+// must fit in L2. Tuned with dev/bench_sft.c's matmul at the GPT-2 124M
+// shapes, 2 threads: on a Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024
+// with NC 768 (a 3 MiB B block) ran at 40-58% of the FMA peak, KC 768 with
+// NC 256 at 75-91%, ahead of every other pair tried (KC 256-1024, NC
+// 128-1536). AMD's Zen 3 and Zen 4 (32 KiB L1, 512 KiB / 1 MiB L2; GCC 12
+// and clang 14 target both as znver3) feed a 3 MiB block from L3, and there
+// KC 1024 with NC 768 measured best: KC 1024 in equal slices beat 512 by
+// 3-10% on the forward and dinp products, NC 384 was slower than 768, MC 120
+// or 480 the same as 240.
 #ifndef GEMM_KC
+#if defined(__znver3__) || defined(__znver4__)
+#define GEMM_KC 1024
+#else
 #define GEMM_KC 768 // the deepest packed slice
+#endif
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
+#if defined(__znver3__) || defined(__znver4__)
+#define GEMM_NC 768
+#else
 #define GEMM_NC 256  // columns of B packed per block (a multiple of GEMM_NR)
+#endif
 #endif
 // A product that packs A and has more than NC columns would pack the same
 // rows of A again for every block of NC columns; instead it packs strips of
 // this many rows of A once per slice of K, and B once per strip. fcproj's
 // dweight (768 x 3072, K = 2048) is one strip: its dout^T is packed once
-// instead of four times, 100 -> 106 GFLOP/s on one thread, 179 -> 191 on two
+// instead of four times (Zen 4, NC 768): 100 -> 106 GFLOP/s on one thread, 179 -> 191 on two
 // (best of five and seven alternating runs). The buffer holds a strip.
 #ifndef GEMM_A_STRIP
 #define GEMM_A_STRIP 768 // a multiple of GEMM_MR
@@ -3107,7 +3117,8 @@ static void gemm_slice(int M, StridedMatrix a, int k0, int kc, const float *b_pa
 // The depth of the slices that K is cut into: equal (rounded up to 16) so
 // that no thin last slice costs a pass over C of its own, and never more
 // than GEMM_KC, the packing buffers' depth (a -DGEMM_KC need not be a
-// multiple of 16): with GEMM_KC 768, K = 768 is one slice, K = 2048 three of 688.
+// multiple of 16): K = 768 is one slice with GEMM_KC 768 or 1024, K = 2048 three of
+// 688 with KC 768.
 static int gemm_slice_depth(int K) {
     const int slices = (K + GEMM_KC - 1) / GEMM_KC;
     const int depth = ((K + slices - 1) / slices + 15) / 16 * 16;

@@ -641,7 +641,8 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
 //   dP' = dO V^T;   dP = dP' * keep / (1-p)      (dropout's backward; dP = dP' without it)
 //   dS  = P * (dP - rowsum(P * dP))              (softmax backward; * is elementwise)
 //   dQ  = dS K / sqrt(hs),   dK = dS^T Q / sqrt(hs)
-// in the same query blocks as the forward pass. dqkv (B,T,3C) is overwritten.
+// in the same query blocks as the forward pass, the last first. dqkv (B,T,3C)
+// is overwritten.
 // scratch as in the forward: one block of dS and one of P' per thread; the
 // dropout mask is recomputed, not stored.
 void attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
@@ -661,11 +662,10 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             float *ds = mine.block, *dropped = mine.second_block;
             const PackedMatrix v_transposed = gemm_pack(mine.keys, (StridedMatrix){v, 1, row}, hs, T);
             const PackedMatrix k_all = gemm_pack(mine.values, (StridedMatrix){k, row, 1}, T, hs);
-            for (int t = 0; t < T; t++) {
-                memset(dk + t * row, 0, (size_t)hs * sizeof(float));
-                memset(dv + t * row, 0, (size_t)hs * sizeof(float));
-            }
-            for (int r0 = 0; r0 < T; r0 += ATTENTION_BLOCK) {
+            // the last query block first: it sees every key, so its dV and dK
+            // products write all of them and the other blocks add to theirs
+            const int last_r0 = (T - 1) / ATTENTION_BLOCK * ATTENTION_BLOCK;
+            for (int r0 = last_r0; r0 >= 0; r0 -= ATTENTION_BLOCK) {
                 const int r1 = r0 + ATTENTION_BLOCK < T ? r0 + ATTENTION_BLOCK : T, rows = r1 - r0;
                 // P' of this block: P's rows (stride T), or recomputed from the mask (stride r1)
                 StridedMatrix p_transposed = {p + (size_t)r0 * T, 1, T};
@@ -678,7 +678,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                     p_transposed = (StridedMatrix){dropped, 1, r1};
                 }
                 const StridedMatrix do_block = {dO + (size_t)r0 * C, C, 1};
-                gemm_serial(r1, hs, rows, p_transposed, do_block, dv, row, 1);
+                gemm_serial(r1, hs, rows, p_transposed, do_block, dv, row, r0 != last_r0);
                 gemm_packed(rows, r1, hs, do_block, v_transposed, ds, r1, 0);
                 for (int t = r0; t < r1; t++) {
                     const float *p_row = p + (size_t)t * T;
@@ -691,7 +691,7 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
                 const StridedMatrix ds_block = {ds, r1, 1};
                 gemm_packed(rows, hs, r1, ds_block, k_all, dq + r0 * row, row, 0);
                 const StridedMatrix ds_transposed = {ds, 1, r1}, q_block = {q + r0 * row, row, 1};
-                gemm_serial(r1, hs, rows, ds_transposed, q_block, dk, row, 1);
+                gemm_serial(r1, hs, rows, ds_transposed, q_block, dk, row, r0 != last_r0);
             }
         }
     }

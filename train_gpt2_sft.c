@@ -2840,7 +2840,7 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // 6 x 64 tile), more than an Intel core's L3 delivers, so there the block
 // must fit in L2. Tuned with dev/bench_sft.c's matmul at the GPT-2 124M
 // shapes, 2 threads: on a Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024
-// with NC 768 (a 3 MiB B block) ran at 40-58% of the FMA peak, KC 768 with
+// with NC 768 (a 3 MiB B block) ran at 35-58% of the FMA peak, KC 768 with
 // NC 256 at 75-91%, ahead of every other pair tried (KC 256-1024, NC
 // 128-1536). AMD's Zen 3 and Zen 4 (32 KiB L1, 512 KiB / 1 MiB L2; GCC 12
 // and clang 14 target both as znver3) feed a 3 MiB block from L3, and there
@@ -2979,9 +2979,8 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_ro
         __builtin_prefetch(c + i * ldc + GEMM_NR - 1, 1);
     }
     // four steps of k per trip round the loop: on Intel cores the loop's
-    // counter and branch take issue slots on the FMA ports, one in eight
-    // of a step's; unrolled, 6 x 64 with B in L2 ran 152-156 -> 174-178
-    // GFLOP/s on one core of a Xeon whose FMA peak is 225-230
+    // counter and branch take issue slots on the FMA ports (a Xeon's 12
+    // linear products with KC 512, NC 384: 70-78% -> 76-86% of peak)
 #pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         gemm_vector bk[GEMM_NV];
@@ -3222,9 +3221,11 @@ int split_point(int n, int unit, int part, int parts) {
 // by the whole slice. Two buffers alternate, so one barrier per slice is
 // enough: a thread packing slice i+1 has passed barrier i, which no thread
 // reaches before it has finished slice i-1, the last user of that buffer.
-// (A thread with no rows still packs its share.) On 2 threads, timed
-// alternately with each thread packing all of B in one process, medians
-// 0-4% faster at GPT-2 124M's dweight and forward shapes.
+// (A thread with no rows still packs its share.) On 2 threads of a Zen 4,
+// with NC 768, timed alternately with each thread packing all of B in one
+// process: medians 0-4% faster at GPT-2 124M's dweight and forward shapes.
+// (Sharing B's blocks when C is wider than NC measured no faster on a Xeon,
+// and up to 4 points of peak slower where A is packed.)
 #ifndef GEMM_REFERENCE // (the reference build multiplies with gemm_reference everywhere)
 static void gemm_rows_sharing_b(int M, int N, int K, StridedMatrix a, StridedMatrix b, float *c, long ldc,
                                 int accumulate) {

@@ -2866,12 +2866,17 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 // A product that packs A and has more than NC columns would pack the same
 // rows of A again for every block of NC columns; instead it packs strips of
-// this many rows of A once per slice of K, and B once per strip. fcproj's
-// dweight (768 x 3072, K = 2048) is one strip: its dout^T is packed once
-// instead of four times (Zen 4, NC 768): 100 -> 106 GFLOP/s on one thread, 179 -> 191 on two
-// (best of five and seven alternating runs). The buffer holds a strip.
+// this many rows of A once per slice of K, and B once per strip. Each
+// thread's share of every dweight product of GPT-2 124M (768, 2304 or 3072
+// rows, on two threads at most 1536 each) is then one strip: dout^T and the
+// input are each packed once. fcproj's dweight (768 x 3072, K = 2048) as one
+// strip instead of packing dout^T four times (Zen 4, NC 768): 100 -> 106
+// GFLOP/s on one thread, 179 -> 191 on two (best of five and seven
+// alternating runs); strips of 1536 rather than 768, on a Xeon: the dweight
+// products 73-77% -> 76-78% of peak (medians of five alternating runs). The
+// buffer holds a strip (4.5 MiB per thread with KC 768).
 #ifndef GEMM_A_STRIP
-#define GEMM_A_STRIP 768 // a multiple of GEMM_MR
+#define GEMM_A_STRIP 1536 // a multiple of GEMM_MR
 #endif
 
 // Copies a (kc x width) slice of a matrix M (K,N) into a contiguous panel:

@@ -2970,9 +2970,9 @@ static inline void vector_store(float *p, gemm_vector v) { *(gemm_vector_unalign
 // acc (MR,NR) = sum_k a[:,k] b[k,:];  C[0:rows, 0:cols] = [C +] acc
 // a[:,k]: the MR elements a[i * a_row_stride + k * a_k_stride] (a packed
 // panel or A's rows in place); b: one packed NR-wide panel of B.
-GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a_k_stride,
-                                      const float *restrict b, float *restrict c, long ldc, int rows, int cols,
-                                      int accumulate) {
+static inline __attribute__((always_inline)) GEMM_FULL_WIDTH void
+microkernel_tile(int kc, const float *restrict a, long a_row_stride, long a_k_stride, const float *restrict b,
+                 float *restrict c, long ldc, int rows, int cols, int accumulate) {
     const float *a_row[GEMM_MR]; // rows past C's edge repeat the last one; their sums are not stored
     for (int i = 0; i < GEMM_MR; i++) { a_row[i] = a + (i < rows ? i : rows - 1) * a_row_stride; }
     gemm_vector acc[GEMM_MR][GEMM_NV];
@@ -3019,6 +3019,24 @@ GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_ro
         for (int j = 0; j < cols; j++) { c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j]; }
     }
 }
+// The micro-kernel. clang 14, given the strides as variables, keeps the six
+// rows' offsets on the stack and reloads them every step; a copy with a
+// packed panel's strides (1, MR) as constants reads it through one pointer:
+// clang's dweight products 67-69% -> 72-75% of peak, attention's 30/38% ->
+// 35/44% (medians of five alternating runs, Xeon). gcc, which versions the
+// loop itself, measured 0-3 points slower with the copy, so it has one.
+GEMM_FULL_WIDTH void gemm_microkernel(int kc, const float *restrict a, long a_row_stride, long a_k_stride,
+                                      const float *restrict b, float *restrict c, long ldc, int rows, int cols,
+                                      int accumulate) {
+#if defined(__clang__)
+    if (a_row_stride == 1 && a_k_stride == GEMM_MR) {
+        microkernel_tile(kc, a, 1, GEMM_MR, b, c, ldc, rows, cols, accumulate);
+        return;
+    }
+#endif
+    microkernel_tile(kc, a, a_row_stride, a_k_stride, b, c, ldc, rows, cols, accumulate);
+}
+
 #else
 // The same in plain C, for compilers without vector extensions. The six rows
 // of the tile are spelled out, each A element loaded once per k into a

@@ -2829,40 +2829,39 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #define GEMM_NR 16
 #endif
 #endif
-// Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A
-// (MR x KC, 18 KiB) in L1 while it sweeps the NR-wide panels of the packed
-// (KC x NC) block of B (768 KiB, in L2) along a strip of C's rows, so C is
-// read and written in long runs of the same rows (pages stay in the TLB);
-// the (MC x KC) block of A waits in L2/L3. A deeper slice means fewer passes
-// over C and fewer micro-kernel calls per multiply-add; K is cut into equal
-// slices of at most KC (gemm_slice_depth), so K = 768 is one slice. Each
-// step of k reads NR floats of the B block (256 bytes for 24 FMAs with the
-// 6 x 64 tile), more than an Intel core's L3 delivers, so there the block
-// must fit in L2. Tuned with dev/bench_sft.c's matmul at the GPT-2 124M
-// shapes, 2 threads: on a Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024
-// with NC 768 (a 3 MiB B block) ran at 35-58% of the FMA peak, KC 768 with
-// NC 256 at 75-91%, ahead of every other pair tried (KC 256-1024, NC
-// 128-1536). AMD's Zen 3 and Zen 4 (32 KiB L1, 512 KiB / 1 MiB L2; GCC 12
-// and clang 14 target both as znver3) feed a 3 MiB block from L3, and there
-// KC 1024 with NC 768 measured best: KC 1024 in equal slices beat 512 by
-// 3-10% on the forward and dinp products, NC 384 was slower than 768, MC 120
-// or 480 the same as 240.
-#ifndef GEMM_KC
+// Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A (MR
+// x KC, 18 KiB at KC 768) in L1 while it sweeps the NR-wide panels of the
+// packed (KC x NC) block of B (768 KiB, in L2; 3 MiB on Zen, see below)
+// along a strip of C's rows, so C is read and written in long runs of the
+// same rows (pages stay in the TLB); the (MC x KC) block of A waits in
+// L2/L3. A deeper slice means fewer passes over C and fewer micro-kernel
+// calls per multiply-add; K is cut into equal slices of at most KC
+// (gemm_slice_depth), so K = 768 is one slice. Each step of k reads NR
+// floats of the B block (256 bytes for 24 FMAs with the 6 x 64 tile), more
+// than an Intel core's L3 delivers, so there the block must fit in L2. Tuned
+// with dev/bench_sft.c's matmul at the GPT-2 124M shapes, 2 threads: on a
+// Xeon with AVX-512 (48 KiB L1, 2 MiB L2) KC 1024 with NC 768 (a 3 MiB B
+// block) ran at 35-58% of the FMA peak, KC 768 with NC 256 at 75-91%, ahead
+// of every other pair tried (KC 256-1024, NC 128-1536). AMD's Zen 3 and Zen
+// 4 (32 KiB L1, 512 KiB / 1 MiB L2; GCC 12 and clang 14 target both as
+// znver3) feed a 3 MiB block from L3, and there KC 1024 with NC 768 measured
+// best: KC 1024 in equal slices beat 512 by 3-10% on the forward and dinp
+// products, NC 384 was slower than 768, MC 120 or 480 the same as 240.
 #if defined(__znver3__) || defined(__znver4__)
-#define GEMM_KC 1024
+#define GEMM_DEFAULT_KC 1024
+#define GEMM_DEFAULT_NC 768
 #else
-#define GEMM_KC 768 // the deepest packed slice
+#define GEMM_DEFAULT_KC 768
+#define GEMM_DEFAULT_NC 256
 #endif
+#ifndef GEMM_KC
+#define GEMM_KC GEMM_DEFAULT_KC // the deepest packed slice
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC 240  // rows of A packed per block (a multiple of GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#if defined(__znver3__) || defined(__znver4__)
-#define GEMM_NC 768
-#else
-#define GEMM_NC 256  // columns of B packed per block (a multiple of GEMM_NR)
-#endif
+#define GEMM_NC GEMM_DEFAULT_NC // columns of B packed per block (a multiple of GEMM_NR)
 #endif
 // A product that packs A and has more than NC columns would pack the same
 // rows of A again for every block of NC columns; instead it packs strips of

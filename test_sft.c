@@ -866,6 +866,43 @@ static void selfcheck_token_stream(void) {
     free(bytes_a); free(bytes_b);
 }
 
+// The row reductions against plain loops: max_of_floats, which compares
+// integer keys of the floats, must return exactly the largest value (of
+// either sign, across many orders of magnitude, with zeros of both signs),
+// and sum_of_floats / dot_of_floats must agree with double-precision sums
+// to float rounding, for every length through the sixteen lanes' tails.
+static void selfcheck_row_reductions(void) {
+    float x[300], y[300];
+    uint64_t rng = rng_seed(11);
+    int max_ok = 1, sum_ok = 1;
+    for (int trial = 0; trial < 3000; trial++) {
+        const int n = 1 + trial % 300;
+        const float magnitude = trial % 3 == 0 ? 1e30f : (trial % 3 == 1 ? 1e-30f : 1.0f);
+        for (int i = 0; i < n; i++) {
+            x[i] = (2.0f * rng_uniform(&rng) - 1.0f) * magnitude - (trial % 5 == 0 ? magnitude : 0.0f);
+            y[i] = 2.0f * rng_uniform(&rng) - 1.0f;
+            if (trial % 7 == 0 && i % 2 == 0) { x[i] = i % 4 == 0 ? 0.0f : -0.0f; }
+        }
+        float largest = x[0];
+        double sum = 0.0, dot = 0.0, sum_abs = 0.0, dot_abs = 0.0;
+        for (int i = 0; i < n; i++) {
+            if (x[i] > largest) { largest = x[i]; }
+            sum += x[i];
+            dot += (double)x[i] * y[i];
+            sum_abs += fabs(x[i]);
+            dot_abs += fabs((double)x[i] * y[i]);
+        }
+        if (max_of_floats(x, n) != largest) { max_ok = 0; }
+        if (fabs(sum_of_floats(x, n) - sum) > 1e-6 * sum_abs || fabs(dot_of_floats(x, y, n) - dot) > 1e-6 * dot_abs) {
+            sum_ok = 0;
+        }
+    }
+    const float negatives[3] = {-3.0f, -FLT_MAX, -1e-38f}, infinite[2] = {-INFINITY, INFINITY};
+    if (max_of_floats(negatives, 3) != -1e-38f || max_of_floats(infinite, 2) != INFINITY) { max_ok = 0; }
+    report(max_ok, "row max       max_of_floats == a plain loop's maximum, 3000 rows of 1..300 floats");
+    report(sum_ok, "row sums      sum_of_floats, dot_of_floats within 1e-6 of double sums, 3000 rows");
+}
+
 // --time-budget's arithmetic, worked by hand: 10 updates took 2.5 s, the
 // last 9 of them 2.25 s (0.25 s each), so a 60 s budget has room for
 // (60 - 2.5) / 0.25 = 230 more.
@@ -881,6 +918,7 @@ static int selfcheck(void) {
     selfcheck_language_model_head();
     selfcheck_token_stream();
     selfcheck_time_budget();
+    selfcheck_row_reductions();
     const int labels[3] = {3, 1, 0}; // classes, regression, language model
     const float dropouts[2] = {0.0f, 0.2f};
     for (int k = 0; k < 3; k++) {

@@ -182,18 +182,40 @@ static inline float exp_fast(float x);
 // can, and the order stays fixed (results do not depend on the thread count).
 // dot_of_floats repeats sum_of_floats's loop with a product for the term.
 
-// The largest of n floats. Sixteen running maxima, so the loop vectorizes.
+// The largest of n floats. A compiler vectorizes an integer maximum but
+// not a float one (x > m ? x : m is not max(x, m) under its NaN rules unless
+// told -ffinite-math-only), so the floats are compared as keys: a float's
+// bits with the sign bit set if it is positive and all bits flipped if it
+// is negative order as unsigned integers the way the floats do (-0 just
+// below +0). Sixteen running maxima of the keys, so the loop vectorizes.
+static inline uint32_t float_order_key(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof(bits));
+    return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+static inline float float_from_order_key(uint32_t key) {
+    const uint32_t bits = key & 0x80000000u ? key & 0x7fffffffu : ~key;
+    float x;
+    memcpy(&x, &bits, sizeof(x));
+    return x;
+}
 float max_of_floats(const float *x, int n) {
-    float lanes[16];
-    for (int j = 0; j < 16; j++) { lanes[j] = -FLT_MAX; }
+    uint32_t lanes[16];
+    for (int j = 0; j < 16; j++) { lanes[j] = float_order_key(-FLT_MAX); }
     int k = 0;
     for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < 16; j++) { lanes[j] = x[k + j] > lanes[j] ? x[k + j] : lanes[j]; }
+        for (int j = 0; j < 16; j++) {
+            const uint32_t key = float_order_key(x[k + j]);
+            lanes[j] = key > lanes[j] ? key : lanes[j];
+        }
     }
-    for (; k < n; k++) { lanes[0] = x[k] > lanes[0] ? x[k] : lanes[0]; }
-    float m = lanes[0];
+    for (; k < n; k++) {
+        const uint32_t key = float_order_key(x[k]);
+        lanes[0] = key > lanes[0] ? key : lanes[0];
+    }
+    uint32_t m = lanes[0];
     for (int j = 1; j < 16; j++) { m = lanes[j] > m ? lanes[j] : m; }
-    return m;
+    return float_from_order_key(m);
 }
 
 // The sum of n floats: sixteen float sums (so the loop vectorizes) over

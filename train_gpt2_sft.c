@@ -1691,14 +1691,24 @@ float gradient_norm(const float *grads, size_t n) {
     double *partial = (double *)malloc_or_die((size_t)num_chunks * sizeof(double), "gradient norm");
     #pragma omp parallel for schedule(static)
     for (long c = 0; c < num_chunks; c++) {
-        const size_t start = (size_t)c * chunk, end = start + chunk < n ? start + chunk : n;
-        // eight running sums, so the adds need not wait for each other (and vectorize)
+        const float *g = grads + (size_t)c * chunk;
+        const int len = (size_t)c * chunk + chunk < n ? (int)chunk : (int)(n - (size_t)c * chunk);
+        // eight running sums, so the adds need not wait for each other and
+        // the loop vectorizes (gcc 12 left it scalar, reading the gradients
+        // at 9 GB/s, while the index was a size_t and the square a cast
+        // expression; written this way it packs four doubles per vector)
         double sums[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        size_t i = start;
-        for (; i + 8 <= end; i += 8) {
-            for (int j = 0; j < 8; j++) { sums[j] += (double)grads[i + j] * grads[i + j]; }
+        int i = 0;
+        for (; i + 8 <= len; i += 8) {
+            for (int j = 0; j < 8; j++) {
+                const double x = g[i + j];
+                sums[j] += x * x;
+            }
         }
-        for (; i < end; i++) { sums[0] += (double)grads[i] * grads[i]; }
+        for (; i < len; i++) {
+            const double x = g[i];
+            sums[0] += x * x;
+        }
         partial[c] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
     }
     double total = 0.0;

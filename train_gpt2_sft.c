@@ -1148,6 +1148,7 @@ typedef struct {
     Dropout dropout;          // of the current forward pass (p = 0: none)
     float loss;               // of the last forward with targets, or -1
     int step;                 // optimizer updates these parameters have had
+    const char *overflowed;   // the first parameter tensor the last update made NaN or infinite, or NULL
 } GPT2;
 
 // A batch of right-padded sequences. Positions t >= lengths[b] are padding:
@@ -1725,13 +1726,15 @@ float gradient_norm(const float *grads, size_t n) {
 //   p = p - lr wd p             (decoupled weight decay, decaying tensors only)
 //   p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps),   t = step + 1
 // Returns the gradient norm before clipping; when it is NaN or infinite,
-// nothing is updated.
+// nothing is updated. The same pass checks every new parameter: an update
+// that overflows one is named in model->overflowed (NULL if none did).
 float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
     if (model->grads_memory == NULL) { fail("gpt2_update needs gradients: call gpt2_backward first"); }
     if (model->m_memory == NULL) {
         model->m_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW m");
         model->v_memory = (float *)calloc_or_die(model->num_parameters, sizeof(float), "AdamW v");
     }
+    model->overflowed = NULL;
     const float norm = gradient_norm(model->grads_memory, model->num_parameters);
     if (!isfinite(norm)) { return norm; } // leave the parameters untouched
     float clip = 1.0f;
@@ -1753,15 +1756,18 @@ float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
         float *restrict grad = model->grads_memory + offset;
         float *restrict m = model->m_memory + offset;
         float *restrict v = model->v_memory + offset;
-        #pragma omp parallel for schedule(static)
+        int overflowed = 0;
+        #pragma omp parallel for simd schedule(static) reduction(|:overflowed)
         for (size_t i = 0; i < n; i++) {
             const float g = grad[i] * clip;
             m[i] = b1 * m[i] + (1.0f - b1) * g;
             v[i] = b2 * v[i] + (1.0f - b2) * g * g;
             const float denom = sqrtf(v[i]) / bias_correction2_sqrt + eps;
             param[i] = param[i] * decay_factor - step_size * m[i] / denom;
+            overflowed |= !isfinite(param[i]);
             grad[i] = 0.0f;
         }
+        if (overflowed && model->overflowed == NULL) { model->overflowed = parameter_names[tensor]; }
         offset += n;
     }
     return norm;
@@ -1777,21 +1783,6 @@ const char *first_nonfinite_gradient(const GPT2 *model) {
         offset += model->param_sizes[t];
     }
     return "no tensor";
-}
-
-// The name of the first parameter tensor holding a NaN or infinity, or NULL.
-const char *first_nonfinite_parameter(const GPT2 *model) {
-    size_t offset = 0;
-    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
-        const float *p = model->params_memory + offset;
-        const long n = (long)model->param_sizes[t];
-        int bad = 0;
-        #pragma omp parallel for schedule(static) reduction(|:bad)
-        for (long i = 0; i < n; i++) { bad |= !isfinite(p[i]); }
-        if (bad) { return parameter_names[t]; }
-        offset += model->param_sizes[t];
-    }
-    return NULL;
 }
 
 void gpt2_free(GPT2 *model) {
@@ -3934,10 +3925,9 @@ int train(GPT2 *model, const TrainingData *data, Args *args) {
             fail("step %d: the gradient of %s is NaN or infinite; stopping (the last saved checkpoint is unchanged; try a lower --lr)",
                  step + 1, first_nonfinite_gradient(model));
         }
-        const char *overflowed = first_nonfinite_parameter(model);
-        if (overflowed != NULL) {
+        if (model->overflowed != NULL) {
             fail("step %d: the update made %s NaN or infinite; stopping (the last saved checkpoint is unchanged; try a lower --lr or --weight-decay)",
-                 step + 1, overflowed);
+                 step + 1, model->overflowed);
         }
         model->step = step + 1;
         run.step = model->step;

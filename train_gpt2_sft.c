@@ -1718,6 +1718,31 @@ float gradient_norm(const float *grads, size_t n) {
     return (float)sqrt(total);
 }
 
+// The constants of one AdamW update of one tensor (see gpt2_update).
+typedef struct {
+    float clip, b1, b2, eps, bias_correction2_sqrt, step_size, decay_factor;
+} AdamWStep;
+
+// AdamW on n consecutive parameters, their gradients zeroed; returns 1 if a
+// new parameter is NaN or infinite. A function of its own so that the four
+// arrays are restrict-qualified arguments: inside an OpenMP region clang 14
+// could not prove them apart and left the loop scalar (0.19 s instead of
+// 0.10 s per 124M update).
+static int adamw_range(float *restrict param, float *restrict grad, float *restrict m, float *restrict v, size_t n,
+                       AdamWStep s) {
+    int overflowed = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float g = grad[i] * s.clip;
+        m[i] = s.b1 * m[i] + (1.0f - s.b1) * g;
+        v[i] = s.b2 * v[i] + (1.0f - s.b2) * g * g;
+        const float denom = sqrtf(v[i]) / s.bias_correction2_sqrt + s.eps;
+        param[i] = param[i] * s.decay_factor - s.step_size * m[i] / denom;
+        overflowed |= !isfinite(param[i]);
+        grad[i] = 0.0f;
+    }
+    return overflowed;
+}
+
 // One AdamW update (torch.optim.AdamW) at update index `step` (0-based), with
 // the gradient clipped to max_grad_norm first (clip_grad_norm_), and the
 // gradients zeroed in the same pass for the next step:
@@ -1751,21 +1776,15 @@ float gpt2_update(GPT2 *model, const OptimizerConfig *opt, int step) {
     size_t offset = 0;
     for (int tensor = 0; tensor < NUM_PARAMETER_TENSORS; tensor++) {
         const size_t n = model->param_sizes[tensor];
-        const float decay_factor = parameter_decays[tensor] ? 1.0f - lr * opt->weight_decay : 1.0f;
-        float *restrict param = model->params_memory + offset;
-        float *restrict grad = model->grads_memory + offset;
-        float *restrict m = model->m_memory + offset;
-        float *restrict v = model->v_memory + offset;
+        const AdamWStep s = {clip, b1, b2, eps, bias_correction2_sqrt, step_size,
+                             parameter_decays[tensor] ? 1.0f - lr * opt->weight_decay : 1.0f};
         int overflowed = 0;
-        #pragma omp parallel for simd schedule(static) reduction(|:overflowed)
-        for (size_t i = 0; i < n; i++) {
-            const float g = grad[i] * clip;
-            m[i] = b1 * m[i] + (1.0f - b1) * g;
-            v[i] = b2 * v[i] + (1.0f - b2) * g * g;
-            const float denom = sqrtf(v[i]) / bias_correction2_sqrt + eps;
-            param[i] = param[i] * decay_factor - step_size * m[i] / denom;
-            overflowed |= !isfinite(param[i]);
-            grad[i] = 0.0f;
+        #pragma omp parallel reduction(|:overflowed)
+        {   // each thread its contiguous share of the tensor
+            const unsigned long long part = (unsigned long long)thread_id(), parts = (unsigned long long)team_threads();
+            const size_t i0 = offset + (size_t)(n * part / parts), i1 = offset + (size_t)(n * (part + 1) / parts);
+            overflowed |= adamw_range(model->params_memory + i0, model->grads_memory + i0, model->m_memory + i0,
+                                      model->v_memory + i0, i1 - i0, s);
         }
         if (overflowed && model->overflowed == NULL) { model->overflowed = parameter_names[tensor]; }
         offset += n;

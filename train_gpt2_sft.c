@@ -1703,8 +1703,9 @@ float gradient_norm(const float *grads, size_t n) {
     double *partial = (double *)malloc_or_die((size_t)num_chunks * sizeof(double), "gradient norm");
     #pragma omp parallel for schedule(static)
     for (long c = 0; c < num_chunks; c++) {
-        const float *g = grads + (size_t)c * chunk;
-        const int len = (size_t)c * chunk + chunk < n ? (int)chunk : (int)(n - (size_t)c * chunk);
+        const size_t start = (size_t)c * chunk, end = start + chunk < n ? start + chunk : n;
+        const float *g = grads + start;
+        const int len = (int)(end - start);
         // eight running sums, so the adds need not wait for each other and
         // the loop vectorizes (gcc 12 left it scalar, reading the gradients
         // at 9 GB/s, while the index was a size_t and the square a cast

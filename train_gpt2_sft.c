@@ -631,9 +631,10 @@ AttentionScratch attention_scratch(float *scratch, int T, int hs) {
 // below, is not in cache: its q, k and v rows come from L3 or memory, 4
 // lines each, too short a run for the hardware prefetcher. So while a head
 // is computed, each row t of its softmax starts fetching row t of the next
-// head's q, k and v (and dO in the backward) into L2: on a Xeon (B=8, T=256)
-// packing K^T took 17 us per head with the rows in memory and 7 with them in
-// cache, and attention_forward went from 7.3-7.9 to 6.7-7.4 ms.
+// head's q, k and v into L2: on a Xeon (B=8, T=256) packing K^T took 17 us
+// per head with the rows in memory and 7 with them in cache, and
+// attention_forward went from 7.3-7.9 to 6.7-7.4 ms. (The same in the
+// backward, with dO, measured no faster at T = 256 and 1-2% slower at 512.)
 #if defined(__GNUC__)
 #define PREFETCH_TO_L2(p) __builtin_prefetch((p), 0, 2)
 #else
@@ -703,12 +704,10 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
     const float scale = 1.0f / sqrtf((float)hs);
     const long row = 3L * C;
     gemm_workspace_reserve();
-    #pragma omp parallel for schedule(static, 1)
+    #pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * NH; bh++) {
-        const int b = bh / NH, h = bh % NH, next = bh + team_threads();
+        const int b = bh / NH, h = bh % NH;
         const float *q = qkv + (size_t)b * T * row + h * hs, *k = q + C, *v = q + 2 * C;
-        const float *next_q = next < B * NH ? qkv + (size_t)(next / NH) * T * row + next % NH * hs : NULL;
-        const float *next_do = next < B * NH ? dout + (size_t)(next / NH) * T * C + next % NH * hs : NULL;
         float *dq = dqkv + (size_t)b * T * row + h * hs, *dk = dq + C, *dv = dq + 2 * C;
         const float *p = att + ((size_t)b * NH + h) * T * T;
         const float *dO = dout + (size_t)b * T * C + h * hs;
@@ -737,10 +736,6 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             for (int t = r0; t < r1; t++) {
                 const float *p_row = p + (size_t)t * T;
                 float *ds_row = ds + (size_t)(t - r0) * r1;
-                if (next_q != NULL) {
-                    for (int part = 0; part < 3; part++) { prefetch_to_l2(next_q + t * row + part * C, hs); }
-                    prefetch_to_l2(next_do + t * C, hs);
-                }
                 if (drop != NULL) { dropout_attention_row(ds_row, ds_row, drop, b, h, NH, t); }
                 const float weighted_sum = (float)dot_of_floats(p_row, ds_row, t + 1);
                 for (int u = 0; u <= t; u++) { ds_row[u] = p_row[u] * (ds_row[u] - weighted_sum) * scale; }

@@ -2928,7 +2928,7 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A (MR
 // x KC, 18 KiB at KC 768) in L1 while it sweeps the NR-wide panels of the
-// packed (KC x NC) block of B (768 KiB, in L2; 3 MiB on Zen, see below)
+// packed (KC x NC) block of B (768 KiB, in L2; 3 MiB on Zen 3 and 4, see below)
 // along a strip of C's rows, so C is read and written in long runs of the
 // same rows (pages stay in the TLB); the (MC x KC) block of A waits in
 // L2/L3. A deeper slice means fewer passes over C and fewer micro-kernel
@@ -2944,7 +2944,16 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // znver3) feed a 3 MiB block from L3, and there KC 1024 with NC 768 measured
 // best: KC 1024 in equal slices beat 512 by 3-10% on the forward and dinp
 // products, NC 384 was slower than 768, MC 120 or 480 the same as 240.
-#if defined(__znver3__) || defined(__znver4__)
+// Zen 5 (48 KiB L1, 1 MiB L2) does a 512-bit FMA per pipe per cycle, twice
+// Zen 4's rate, so its B block must sit in L2, with room there for the A
+// and C streams: KC 768 with NC 128 (a 384 KiB block) measured best, the 12
+// products' mean 2-5% above NC 256 and 4% above the Zen 4 pair (rounds of
+// alternating runs; KC 256-1536 and NC 64-768 tried). GCC 12 targets Zen 5
+// as znver3 too; of the two only Zen 5 has AVX512-VP2INTERSECT.
+#if defined(__znver5__) || ((defined(__znver3__) || defined(__znver4__)) && defined(__AVX512VP2INTERSECT__))
+#define GEMM_DEFAULT_KC 768
+#define GEMM_DEFAULT_NC 128
+#elif defined(__znver3__) || defined(__znver4__)
 #define GEMM_DEFAULT_KC 1024
 #define GEMM_DEFAULT_NC 768
 #else

@@ -2948,9 +2948,11 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // Zen 4's rate, so its B block must sit in L2, with room there for the A
 // and C streams: KC 768 with NC 128 (a 384 KiB block) measured best, the 12
 // products' mean 2-5% above NC 256 and 4% above the Zen 4 pair (rounds of
-// alternating runs; KC 256-1536 and NC 64-768 tried). GCC 12 targets Zen 5
-// as znver3 too; of the two only Zen 5 has AVX512-VP2INTERSECT.
-#if defined(__znver5__) || ((defined(__znver3__) || defined(__znver4__)) && defined(__AVX512VP2INTERSECT__))
+// alternating runs; KC 256-1536 and NC 64-768 tried). GCC 12 and clang 14
+// know no Zen 5 (-march=native gives znver3, or x86-64, with its features):
+// it is told by its features, AVX512-VP2INTERSECT and AVX-VNNI without
+// AVX512-FP16 (Zen 4 lacks the first two, Intel's CPUs with both have FP16).
+#if defined(__znver5__) || (defined(__AVX512VP2INTERSECT__) && defined(__AVXVNNI__) && !defined(__AVX512FP16__))
 #define GEMM_DEFAULT_KC 768
 #define GEMM_DEFAULT_NC 128
 #elif defined(__znver3__) || defined(__znver4__)

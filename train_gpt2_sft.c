@@ -670,9 +670,10 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                 if (next_q != NULL) {
                     for (int part = 0; part < 3; part++) { prefetch_to_l2(next_q + t * row + part * C, hs); }
                 }
-                for (int u = 0; u <= t; u++) { p_row[u] *= scale; }
+                // exp((x - max x) * scale): the scale (> 0) moves into the
+                // exp's pass, exactly so where it is a power of two (hs = 64)
                 const float max_score = max_of_floats(p_row, t + 1);
-                for (int u = 0; u <= t; u++) { p_row[u] = exp_fast(p_row[u] - max_score); }
+                for (int u = 0; u <= t; u++) { p_row[u] = exp_fast((p_row[u] - max_score) * scale); }
                 const float inv_sum = (float)(1.0 / sum_of_floats(p_row, t + 1));
                 for (int u = 0; u <= t; u++) { p_row[u] *= inv_sum; }
                 for (int u = t + 1; u < r1; u++) { p_row[u] = 0.0f; }

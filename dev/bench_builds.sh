@@ -23,7 +23,8 @@ done
 OUT=$ROOT/build/bench_builds
 mkdir -p "$OUT"
 source "$ROOT/dev/builds.sh"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $THREADS threads, N = $((B * T))"
+cpuinfo() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'; }
+echo "cpu: $(cpuinfo 'model name') (family $(cpuinfo 'cpu family') model $(cpuinfo model)), $THREADS threads, N = $((B * T))"
 printf '%-6s %-16s %-22s %9s %17s %15s\n' cc march kernel "peak" "GFLOP/s (min-max)" "% of peak"
 for cc in gcc clang; do
     command -v $cc >/dev/null || continue

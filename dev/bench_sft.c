@@ -267,28 +267,40 @@ static void bench_attention(int B, int T, int C, int NH, int reps) {
     free(qkv); free(dqkv); free(out); free(att); free(scratch);
 }
 
-// What this binary's matmul was built for: CPU, compiler, ISA and register tile.
-static void print_build(void) {
-    char cpu[256] = "unknown";
+// The value of the first "key : value" line of /proc/cpuinfo whose key is
+// `key`, or "unknown" (not Linux, or no such line).
+static void cpuinfo_value(const char *key, char *value, size_t size) {
+    snprintf(value, size, "unknown");
     FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f != NULL) {
-        char line[512];
-        while (fgets(line, sizeof line, f) != NULL) {
-            if (strncmp(line, "model name", 10) == 0 && strchr(line, ':') != NULL) {
-                snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
-                cpu[strcspn(cpu, "\n")] = '\0';
-                break;
-            }
+    if (f == NULL) { return; }
+    char line[512];
+    const size_t n = strlen(key);
+    while (fgets(line, sizeof line, f) != NULL) {
+        const char *colon = strchr(line, ':');
+        if (strncmp(line, key, n) == 0 && colon != NULL && strspn(line + n, " \t") == (size_t)(colon - line - n)) {
+            snprintf(value, size, "%s", colon[1] == ' ' ? colon + 2 : colon + 1);
+            value[strcspn(value, "\n")] = '\0';
+            break;
         }
-        fclose(f);
     }
+    fclose(f);
+}
+
+// What this binary's matmul was built for: CPU (virtual machines often name
+// only the vendor's line, e.g. "AMD EPYC", so its family and model too),
+// compiler, ISA and register tile.
+static void print_build(void) {
+    char cpu[256], family[32], model[32];
+    cpuinfo_value("model name", cpu, sizeof cpu);
+    cpuinfo_value("cpu family", family, sizeof family);
+    cpuinfo_value("model", model, sizeof model);
 #ifdef __VERSION__
     const char *compiler = __VERSION__;
 #else
     const char *compiler = "unknown";
 #endif
-    printf("build: cpu \"%s\" compiler \"%s\" matmul %s tile %dx%d blocks MC %d KC %d NC %d A strip %d threads %d\n", cpu, compiler,
-           GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, GEMM_A_STRIP, max_threads());
+    printf("build: cpu \"%s\" (family %s model %s) compiler \"%s\" matmul %s tile %dx%d blocks MC %d KC %d NC %d A strip %d threads %d\n", cpu, family,
+           model, compiler, GEMM_KERNEL_NAME, GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC, GEMM_A_STRIP, max_threads());
 }
 
 int main(int argc, char **argv) {

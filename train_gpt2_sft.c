@@ -2952,7 +2952,8 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 // alternating runs; KC 256-1536 and NC 64-768 tried). GCC 12 and clang 14
 // know no Zen 5 (-march=native gives znver3, or x86-64, with its features):
 // it is told by its features, AVX512-VP2INTERSECT and AVX-VNNI without
-// AVX512-FP16 (Zen 4 lacks the first two, Intel's CPUs with both have FP16).
+// AVX512-FP16 (Zen 4 has neither of the first two; sapphirerapids, the one
+// Intel target of GCC 12 and clang 14 with both, has FP16).
 #if defined(__znver5__) || (defined(__AVX512VP2INTERSECT__) && defined(__AVXVNNI__) && !defined(__AVX512FP16__))
 #define GEMM_DEFAULT_KC 768
 #define GEMM_DEFAULT_NC 128

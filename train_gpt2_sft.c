@@ -670,8 +670,8 @@ void attention_forward(float *out, float *att, float *scratch, const float *qkv,
                 if (next_q != NULL) {
                     for (int part = 0; part < 3; part++) { prefetch_to_l2(next_q + t * row + part * C, hs); }
                 }
-                // exp((x - max x) * scale): the scale (> 0) moves into the
-                // exp's pass, exactly so where it is a power of two (hs = 64)
+                // softmax of scale * x as exp((x - max x) * scale), the max
+                // taken over x (scale > 0), so the scale costs no pass of its own
                 const float max_score = max_of_floats(p_row, t + 1);
                 for (int u = 0; u <= t; u++) { p_row[u] = exp_fast((p_row[u] - max_score) * scale); }
                 const float inv_sum = (float)(1.0 / sum_of_floats(p_row, t + 1));
@@ -2929,7 +2929,8 @@ typedef float gemm_vector __attribute__((vector_size(GEMM_VECTOR_BYTES)));
 #endif
 // Block sizes (Goto/BLIS). The micro-kernel keeps one MR-tall panel of A (MR
 // x KC, 18 KiB at KC 768) in L1 while it sweeps the NR-wide panels of the
-// packed (KC x NC) block of B (768 KiB, in L2; 3 MiB on Zen 3 and 4, see below)
+// packed (KC x NC) block of B (768 KiB, in L2; 384 KiB on Zen 5, 3 MiB on
+// Zen 3 and 4, see below)
 // along a strip of C's rows, so C is read and written in long runs of the
 // same rows (pages stay in the TLB); the (MC x KC) block of A waits in
 // L2/L3. A deeper slice means fewer passes over C and fewer micro-kernel
